@@ -1,0 +1,5 @@
+"""`python -m reconciler` is `recon`."""
+
+from reconciler.cli import main
+
+main()

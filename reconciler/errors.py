@@ -1,0 +1,66 @@
+"""Error types shared by every stage; each carries where in which spec file it arose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value came from: file, 1-based line and column."""
+
+    file: str
+    line: int
+    col: int = 0
+    at: tuple[str | int, ...] = field(default=(), compare=False)  # the spec path written there
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f":{self.col}" if self.col else "")
+
+
+@dataclass
+class Problem:
+    """One finding about a spec: location, spec path, what was expected and what was found."""
+
+    message: str
+    path: str = ""
+    origin: Origin | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def render(self) -> str:
+        where = str(self.origin) if self.origin else "<spec>"
+        head = f"{where}: {self.path + ': ' if self.path else ''}{self.message}"
+        extra = []
+        if self.expected is not None:
+            extra.append(f"expected {self.expected}")
+        if self.found is not None:
+            extra.append(f"found {self.found}")
+        return head + (f" ({'; '.join(extra)})" if extra else "")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.origin.file if self.origin else None,
+            "line": self.origin.line if self.origin else None,
+            "column": self.origin.col if self.origin else None,
+            "path": self.path,
+            "message": self.message,
+            "expected": self.expected,
+            "found": self.found,
+        }
+
+
+class ReconError(Exception):
+    """Base class of every error recon reports to the user (never as a traceback)."""
+
+
+@dataclass
+class SpecError(ReconError):
+    """The spec is invalid; carries every problem found in one run."""
+
+    problems: list[Problem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        lines = [p.render() for p in self.problems]
+        return "\n".join(lines) + f"\n{n} problem{'s' if n != 1 else ''} found"

@@ -1,0 +1,71 @@
+"""Parse the spec's sizes, durations, percentages and counts into numbers systemd also reports."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|min|m|h)?$")
+_PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%$")
+_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+INFINITY = "infinity"
+
+
+def parse_size(value: str | int) -> int | str:
+    """`4G` → 4294967296 bytes; `infinity` stays `infinity`. ValueError when malformed."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"negative size: {value}")
+        return value
+    if value == INFINITY:
+        return INFINITY
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"not a size: {value!r}")
+    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """`30s` → 30.0, `5min` → 300.0, `500ms` → 0.5; a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value}")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def parse_percent(value: str) -> float:
+    """`200%` → 200.0."""
+    m = _PERCENT.match(str(value))
+    if not m:
+        raise ValueError(f"not a percentage: {value!r}")
+    return float(m.group(1))
+
+
+def parse_count(value: str | int) -> int | str:
+    """A whole number or `infinity`."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a count: {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if value == INFINITY:
+        return INFINITY
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise ValueError(f"not a count: {value!r}")
+
+
+def format_seconds(seconds: float) -> str:
+    """30.0 → `30s`, 0.5 → `500ms` (a systemd time span)."""
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
