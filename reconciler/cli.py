@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+
 import click
 
 from reconciler.errors import ReconError, SpecError
@@ -123,6 +124,111 @@ def explain(address: str, files: Sequence[str]) -> None:
         click.echo(do_explain(files, address))
     except ReconError as exc:
         fail(exc)
+
+
+state_option = click.option("--state", "state", metavar="DIR", envvar="RECON_STATE_DIR",
+                            help="State directory (default ./state, or RECON_STATE_DIR).")
+
+
+def emit_plan(plan: object, fmt: str, color: bool) -> None:
+    """Print a plan in the chosen format."""
+    if fmt == "json":
+        from reconciler.render.jsonout import render_json
+
+        click.echo(render_json(plan))  # type: ignore[arg-type]
+    elif fmt == "markdown":
+        from reconciler.render.markdown import render_markdown
+
+        click.echo(render_markdown(plan))  # type: ignore[arg-type]
+    else:
+        from reconciler.render.text import render_text
+
+        click.echo(render_text(plan, color=color), nl=False)  # type: ignore[arg-type]
+
+
+@main.command()
+@spec_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="text for people, json for machines, markdown for pull requests.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("-o", "--out", "out", metavar="PLANFILE", type=click.Path(dir_okay=False),
+              help="Save the plan, with fingerprints of spec, hosts and state, for `recon apply PLANFILE`.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no changes, 1 error, 2 changes (drift counts).")
+@click.option("--target", "targets", multiple=True, metavar="SERVICE",
+              help="Plan only this service and what it depends on. Repeatable.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Plan only this host. Repeatable.")
+@click.option("--refresh-only", is_flag=True, help="Show only drift: what changed on hosts outside recon.")
+@state_option
+@no_color_option
+def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detailed_exitcode: bool,
+         targets: Sequence[str], hosts: Sequence[str], refresh_only: bool, state: str | None,
+         no_color: bool) -> None:
+    """Observe the hosts, diff them against the spec, and show what apply would do.
+
+    Every host is read with one batched command (all hosts at once). Each change says what it
+    does (create, update, replace, delete, restart, reload), why, and which fields differ; a
+    field the host changed outside recon is marked as drift. Nothing is changed anywhere.
+
+    \b
+    Examples:
+      recon plan -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon plan -f … -o release.plan          # review, then: recon apply release.plan
+      recon plan -f … --detailed-exitcode      # CI: 0 no changes, 2 changes, 1 error
+      recon plan -f … --refresh-only           # drift only
+      recon plan -f … --format markdown > plan.md
+    """
+    from reconciler import pipeline
+
+    fmt = "json" if as_json else fmt
+    try:
+        run = pipeline.prepare(files, state, targets, hosts)
+        pipeline.observe(run)
+        result = pipeline.plan(run, refresh_only=refresh_only)
+    except ReconError as exc:
+        fail(exc)
+        return
+    if out:
+        from reconciler.planfile import save_plan
+
+        save_plan(result, out)
+    emit_plan(result, fmt, use_color(no_color))
+    if out and fmt == "text":
+        click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: recon apply {out}")
+    if result.errors:
+        sys.exit(1)
+    if detailed_exitcode and result.has_changes:
+        sys.exit(2)
+
+
+@main.command()
+@spec_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no drift, 1 error, 2 drift.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST")
+@state_option
+@no_color_option
+@click.pass_context
+def drift(ctx: click.Context, files: Sequence[str], fmt: str, detailed_exitcode: bool, hosts: Sequence[str],
+          state: str | None, no_color: bool) -> None:
+    """Show only drift (same as `recon plan --refresh-only`), for scheduled CI checks."""
+    ctx.invoke(plan, files=files, fmt=fmt, as_json=False, out=None, detailed_exitcode=detailed_exitcode,
+               targets=(), hosts=hosts, refresh_only=True, state=state, no_color=no_color)
+
+
+@main.command()
+@click.argument("planfile", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@no_color_option
+def show(planfile: str, fmt: str, no_color: bool) -> None:
+    """Print a saved plan (from `recon plan -o PLANFILE`) in any format."""
+    from reconciler.planfile import load_plan
+
+    try:
+        p = load_plan(planfile)
+    except ReconError as exc:
+        fail(exc)
+        return
+    emit_plan(p, fmt, use_color(no_color))
 
 
 def run() -> None:  # pragma: no cover - entry point for python -m

@@ -34,7 +34,7 @@ def _lookup(data: Any, path: SpecPath) -> Any:
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value, default=str) if not isinstance(value, dict | list) else json.dumps(value, default=str)
+    return json.dumps(value, default=str)
 
 
 def explain(files: Sequence[str], address: str) -> str:

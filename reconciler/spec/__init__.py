@@ -42,7 +42,7 @@ def load_spec(files: Sequence[str | Path], check_artifacts: bool = True) -> Spec
             apply_defaults(merged)
             seen = {p.path for p in problems}
             problems += [p for p in semantic_problems(merged, check_artifacts) if p.path not in seen]
-        except Exception:  # noqa: BLE001 - a malformed structure; the schema problems say why
+        except Exception:
             pass
         raise SpecError(sort_problems(problems))
     apply_defaults(merged)

@@ -1,0 +1,272 @@
+"""Desired state per host and service: the files recon installs (config, unit, secrets) and the
+comparable fields the plan diffs. Pure: no I/O except reading secret sources given to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.spec.model import UNIT_PREFIX, Host, Service, Spec
+from reconciler.spec.template import expand, expand_tree
+from reconciler.spec.units import format_seconds
+
+MANAGED_HEADER = "# Managed by recon. Edits made here are reported as drift and undone by `recon apply`.\n"
+UNIT_DIR = "/etc/systemd/system"
+SECRET_MASK = "(sensitive)"
+
+# spec field → systemd unit key, for reasons like "limits.memory_max 4G → 2G"
+UNIT_KEYS: dict[str, str] = {
+    "MemoryMax": "limits.memory_max",
+    "MemoryHigh": "limits.memory_high",
+    "CPUQuota": "limits.cpu_quota",
+    "TasksMax": "limits.tasks_max",
+    "LimitNOFILE": "limits.nofile",
+    "Restart": "restart.policy",
+    "RestartSec": "restart.delay_s",
+    "WatchdogSec": "restart.watchdog_s",
+    "NoNewPrivileges": "hardening.no_new_privileges",
+    "PrivateTmp": "hardening.private_tmp",
+    "ProtectSystem": "hardening.protect_system",
+    "ProtectHome": "hardening.protect_home",
+    "ExecStart": "args",
+    "User": "user",
+    "Group": "group",
+    "Type": "type",
+    "Environment": "env",
+    "EnvironmentFile": "secrets",
+    "Requires": "depends_on",
+    "After": "depends_on",
+    "ExecReload": "reload.signal",
+    "ReadWritePaths": "data_dir",
+    "Description": "description",
+}
+
+
+def sha256_text(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def salted_hash(salt: str, data: bytes) -> str:
+    """How secret-bearing files are fingerprinted: never a bare hash of a secret."""
+    return hashlib.sha256(salt.encode() + b"\0" + data).hexdigest()
+
+
+def _bool(v: Any) -> str:
+    if v is True or v == "true":
+        return "yes"
+    if v is False or v == "false":
+        return "no"
+    return str(v)
+
+
+def _size(v: int | str) -> str:
+    if isinstance(v, str):
+        return v
+    for unit, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if v and v % factor == 0:
+            return f"{v // factor}{unit}"
+    return str(v)
+
+
+def _pct(v: float) -> str:
+    return f"{int(v)}%" if v == int(v) else f"{v}%"
+
+
+def _env_quote(key: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{key}={escaped}"'
+
+
+def _exec_quote(arg: str) -> str:
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    return shlex.quote(arg) if arg and all(c not in arg for c in " \t\"'\\;") else (
+        '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"')
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    """Everything recon wants on one host for one service. `secrets_text` never leaves memory."""
+
+    host: str
+    service: str
+    version: str
+    sha256: str
+    unit_name: str
+    unit_path: str
+    unit_text: str
+    config_path: str
+    config_text: str
+    env_path: str
+    service_dir: str
+    release_dir: str
+    binary_path: str
+    data_dir: str
+    user: str
+    group: str
+    depends_on: tuple[str, ...]
+    health_url: str | None
+    health_timeout_s: float
+    health_interval_s: float
+    health_status: int
+    reload_signal: str | None
+    keep_releases: int
+    config: dict[str, Any]
+    secret_names: tuple[str, ...]
+    secrets_text: str = field(default="", repr=False)
+    ignore_drift: tuple[str, ...] = ()
+
+    @property
+    def unit_sha(self) -> str:
+        return sha256_text(self.unit_text)
+
+    @property
+    def config_sha(self) -> str:
+        return sha256_text(self.config_text)
+
+    def secrets_hash(self, salt: str) -> str | None:
+        return salted_hash(salt, self.secrets_text.encode()) if self.secret_names else None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}/{self.service}"
+
+
+def template_values(svc: Service, host: Host) -> dict[str, Any]:
+    return {
+        "service": svc.name,
+        "version": svc.version,
+        "port": svc.port if svc.port is not None else "",
+        "config_path": svc.config_path,
+        "install_dir": svc.install_dir,
+        "release_dir": svc.release_dir,
+        "data_dir": svc.data_dir,
+        "host": host.name,
+        "address": host.address,
+    }
+
+
+def render_config(config: Mapping[str, Any]) -> str:
+    import tomli_w
+
+    return MANAGED_HEADER + tomli_w.dumps(dict(config))
+
+
+def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_path: str) -> str:
+    """The systemd unit of `svc` (the platform's naming: provisioning-{service}.service)."""
+    deps = " ".join(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on)
+    lines = [
+        f"# Managed by recon: {svc.name} {svc.version}. Edits are reported as drift.",
+        "[Unit]",
+        f"Description=Provisioning {svc.name}" + (f" ({svc.description})" if svc.description else ""),
+        "After=network-online.target" + (f" {deps}" if deps else ""),
+        "Wants=network-online.target",
+    ]
+    if deps:
+        lines.append(f"Requires={deps}")
+    lines += ["StartLimitIntervalSec=0", "", "[Service]", f"Type={svc.type}",
+              f"User={svc.user}", f"Group={svc.group}"]
+    args = [expand(a, values) for a in svc.args]
+    lines.append("ExecStart=" + " ".join(_exec_quote(a) for a in [binary_path, *args]))
+    if svc.reload_signal:
+        lines.append(f"ExecReload=/bin/kill -{svc.reload_signal} $MAINPID")
+    for key, value in sorted(svc.env.items()):
+        lines.append("Environment=" + _env_quote(key, expand(value, values)))
+    if svc.secrets:
+        lines.append(f"EnvironmentFile={env_path}")
+    lines.append(f"Restart={svc.restart_policy}")
+    if svc.restart_delay_s is not None:
+        lines.append(f"RestartSec={format_seconds(svc.restart_delay_s)}")
+    if svc.watchdog_s:
+        lines.append(f"WatchdogSec={format_seconds(svc.watchdog_s)}")
+    lim = svc.limits
+    if lim.memory_max is not None:
+        lines.append(f"MemoryMax={_size(lim.memory_max)}")
+    if lim.memory_high is not None:
+        lines.append(f"MemoryHigh={_size(lim.memory_high)}")
+    if lim.cpu_quota is not None:
+        lines.append(f"CPUQuota={_pct(lim.cpu_quota)}")
+    if lim.tasks_max is not None:
+        lines.append(f"TasksMax={lim.tasks_max}")
+    if lim.nofile is not None:
+        lines.append(f"LimitNOFILE={lim.nofile}")
+    h = svc.hardening
+    for key, unit_key in (("no_new_privileges", "NoNewPrivileges"), ("private_tmp", "PrivateTmp"),
+                          ("protect_system", "ProtectSystem"), ("protect_home", "ProtectHome")):
+        if key in h:
+            lines.append(f"{unit_key}={_bool(h[key])}")
+    lines.append(f"ReadWritePaths=-{svc.data_dir}")
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
+    """The EnvironmentFile text; `lookup(name, secret)` returns the value (from env or file)."""
+    out = []
+    for name, secret in sorted(svc.secrets.items()):
+        value = lookup(name, secret).replace("\n", "\\n")
+        out.append(f"{name}={value}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None) -> DesiredService:
+    values = template_values(svc, host)
+    binary = f"{svc.release_dir}/{svc.name}"
+    env_path = f"{svc.config_dir}/{svc.name}.env"
+    config = expand_tree(svc.config, values)
+    secrets_text = render_secrets(svc, secret_lookup) if (svc.secrets and secret_lookup) else ""
+    return DesiredService(
+        host=host.name,
+        service=svc.name,
+        version=svc.version,
+        sha256=svc.sha256,
+        unit_name=svc.unit_name,
+        unit_path=f"{UNIT_DIR}/{svc.unit_name}",
+        unit_text=render_unit(svc, values, binary, env_path),
+        config_path=svc.config_path,
+        config_text=render_config(config),
+        env_path=env_path,
+        service_dir=svc.service_dir,
+        release_dir=svc.release_dir,
+        binary_path=binary,
+        data_dir=svc.data_dir,
+        user=svc.user,
+        group=svc.group,
+        depends_on=svc.depends_on,
+        health_url=expand(svc.health_url, values) if svc.health_url else None,
+        health_timeout_s=svc.health_timeout_s,
+        health_interval_s=svc.health_interval_s,
+        health_status=svc.health_status,
+        reload_signal=svc.reload_signal,
+        keep_releases=svc.keep_releases,
+        config=config,
+        secret_names=tuple(sorted(svc.secrets)),
+        secrets_text=secrets_text,
+        ignore_drift=svc.ignore_drift,
+    )
+
+
+def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = None
+                  ) -> dict[str, dict[str, DesiredService]]:
+    """host → service → DesiredService for every service placed on every host."""
+    out: dict[str, dict[str, DesiredService]] = {h: {} for h in spec.hosts}
+    for svc in spec.services.values():
+        for h in svc.hosts:
+            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup)
+    return out
+
+
+def parse_unit(text: str) -> dict[str, list[str]]:
+    """`Key` → values (in order) of a unit file, sections folded; comments and blanks dropped."""
+    out: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;" or line.startswith("["):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out

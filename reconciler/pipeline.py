@@ -1,0 +1,141 @@
+"""Runs the pipeline for a command: spec → desired → observe → plan, gathering what apply needs.
+
+This module wires stages together and owns the edges (reading secrets, the state store, opening
+and closing host connections); each stage it calls stays pure or single-purpose.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import DesiredService, desired_state
+from reconciler.errors import ReconError
+from reconciler.observe import ObservedHost, Target
+from reconciler.plan import Plan, fingerprint, make_plan
+from reconciler.spec import Spec, load_spec
+from reconciler.spec.model import Secret
+from reconciler.state import State, StateStore
+
+DEFAULT_STATE_DIR = "state"
+
+
+def state_dir(option: str | None) -> Path:
+    return Path(option or os.environ.get("RECON_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def secret_lookup(name: str, secret: Secret) -> str:
+    """Read a secret's value from the environment or a file; never logged."""
+    if secret.from_env:
+        value = os.environ.get(secret.from_env)
+        if value is None:
+            raise ReconError(f"secret {name}: environment variable {secret.from_env} is not set "
+                             "(recon reads secrets at plan and apply time and never stores them)")
+        return value
+    path = Path(os.path.expanduser(secret.from_file or ""))
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except OSError as exc:
+        raise ReconError(f"secret {name}: cannot read {path}: {exc.strerror}") from None
+
+
+def with_dependencies(spec: Spec, names: Iterable[str]) -> set[str]:
+    """The named services and everything they depend on, transitively."""
+    out: set[str] = set()
+    todo = list(names)
+    for n in todo:
+        if n not in spec.services:
+            raise ReconError(f"--target {n}: no such service (services: {', '.join(sorted(spec.services))})")
+    while todo:
+        n = todo.pop()
+        if n in out:
+            continue
+        out.add(n)
+        todo.extend(spec.services[n].depends_on)
+    return out
+
+
+def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -> dict[str, list[Target]]:
+    """What to observe per host: the desired services, and services recon applied there before."""
+    out: dict[str, list[Target]] = {}
+    for host, svcs in desired.items():
+        ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url)
+              for d in svcs.values()]
+        for name, rec in state.hosts.get(host, {}).items():
+            if name not in svcs:
+                ts.append(Target(name, rec.service_dir, rec.config_path, rec.unit_name, rec.env_path))
+        out[host] = ts
+    return out
+
+
+@dataclass
+class Run:
+    """Everything a plan was made from; apply continues from it."""
+
+    spec: Spec
+    store: StateStore
+    state: State
+    salt: str
+    desired: dict[str, dict[str, DesiredService]]
+    observed: dict[str, ObservedHost] = field(default_factory=dict)
+    plan: Plan | None = None
+    targets: set[str] | None = None
+    hosts: set[str] | None = None
+
+
+def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
+            hosts: Sequence[str] = ()) -> Run:
+    """Load and check the spec, render desired state, read recon's state. No host is contacted."""
+    spec = load_spec(files)
+    for h in hosts:
+        if h not in spec.hosts:
+            raise ReconError(f"--host {h}: no such host (hosts: {', '.join(sorted(spec.hosts))})")
+    store = StateStore(state_dir(state_option))
+    state = store.load()
+    salt = state.lineage or store.lineage()
+    desired = desired_state(spec, secret_lookup)
+    return Run(spec, store, state, salt, desired,
+               targets=with_dependencies(spec, targets) if targets else None,
+               hosts=set(hosts) if hosts else None)
+
+
+def observe(run: Run, session: Any | None = None) -> dict[str, ObservedHost]:
+    """Observe the hosts in scope (one batched command each), opening a session unless given one."""
+    from reconciler.observe import observe_hosts
+    from reconciler.transport import Session
+
+    scope = {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
+    targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
+    if session is not None:
+        run.observed = observe_hosts(session, targets, run.salt)
+        return run.observed
+    with Session(scope) as s:
+        run.observed = observe_hosts(s, targets, run.salt)
+    return run.observed
+
+
+def plan(run: Run, refresh_only: bool = False) -> Plan:
+    p = make_plan(run.desired, run.observed, run.state, run.salt, refresh_only=refresh_only,
+                  targets=run.targets, hosts=run.hosts)
+    p.spec_files = list(run.spec.files)
+    p.fingerprints = fingerprints(run)
+    run.plan = p
+    return p
+
+
+def desired_fingerprint(run: Run) -> str:
+    return fingerprint({h: {n: [d.version, d.sha256, d.config_text, d.unit_text, d.secrets_hash(run.salt)]
+                            for n, d in svcs.items()} for h, svcs in run.desired.items()})
+
+
+def fingerprints(run: Run) -> dict[str, Any]:
+    return {
+        "spec": desired_fingerprint(run),
+        "hosts": {h: fingerprint({n: s.fingerprint() for n, s in o.services.items()})
+                  for h, o in sorted(run.observed.items()) if o.ok},
+        "state_serial": run.state.serial,
+        "lineage": run.salt,
+    }

@@ -1,0 +1,183 @@
+"""Reach hosts through pyinfra's connectors (SSH or local): connect all at once, run one command per
+host in parallel, upload files, and close every client. The only module that opens connections.
+
+Measured rough edges of pyinfra as a library handled here (see docs/design.md): TCP_NODELAY on
+paramiko's socket (47 ms → 5 ms per command), strict host keys, SSH clients closed explicitly,
+gevent monkey-patching so hosts connect and run in parallel.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+if not monkey.is_module_patched("socket"):
+    monkey.patch_all()
+
+import contextlib
+import io
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from pyinfra.api import BaseStateCallback, Config, Inventory, State
+from pyinfra.api.command import StringCommand
+from pyinfra.api.connect import connect_all
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_state
+
+from reconciler.spec.model import Host
+
+logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+@dataclass
+class CommandResult:
+    ok: bool
+    stdout: str
+    stderr: str
+
+
+class _Callbacks(BaseStateCallback):
+    """Sets TCP_NODELAY on each new SSH transport and records connection errors."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+
+    def host_connect(self, state: State, host: Any) -> None:  # type: ignore[override]
+        client = getattr(host.connector, "client", None)
+        if client is not None:
+            transport = client.get_transport()
+            if transport is not None and transport.sock is not None:
+                transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def host_connect_error(self, state: State, host: Any, error: Exception) -> None:  # type: ignore[override]
+        self.errors[host.data.get("recon_name") or host.name] = str(error.args[0] if error.args else error)
+
+
+def _inventory_entry(h: Host) -> tuple[str, dict[str, Any]]:
+    if h.is_local:
+        return "@local", {"recon_name": h.name}
+    data: dict[str, Any] = {
+        "recon_name": h.name,
+        "ssh_hostname": h.address,
+        "ssh_port": h.port,
+        "ssh_strict_host_key_checking": "yes",
+        "ssh_connect_retries": 0,
+    }
+    if h.user:
+        data["ssh_user"] = h.user
+    if h.ssh_key:
+        data["ssh_key"] = os.path.expanduser(h.ssh_key)
+    known = os.path.expanduser(h.known_hosts or "~/.ssh/known_hosts")
+    data["ssh_known_hosts_file"] = known
+    return f"recon-{h.name}", data
+
+
+@dataclass
+class Session:
+    """Open connections to a set of spec hosts; use as a context manager."""
+
+    hosts: Mapping[str, Host]
+    connect_timeout: int = 10
+    state: State | None = None
+    by_name: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, int] = field(default_factory=dict)
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        names: list[Any] = []
+        for h in self.hosts.values():
+            name, data = _inventory_entry(h)
+            names.append((name, data))
+        inventory = Inventory((names, {}))
+        config = Config(CONNECT_TIMEOUT=self.connect_timeout, FAIL_PERCENT=100)
+        state = State(inventory=inventory, config=config, check_for_changes=False)
+        state.add_callback_handler(_Callbacks(self.errors))
+        self.state = state
+        ctx_state.set(state)
+        state.set_stage(StateStage.Connect)
+        try:
+            connect_all(state)
+        except Exception as exc:
+            for host in inventory:
+                if not host.connected:
+                    self.errors.setdefault(host.data.get("recon_name"), str(exc))
+        for host in inventory:
+            name = host.data.get("recon_name")
+            if host.connected:
+                self.by_name[name] = host
+                self.commands[name] = 0
+            else:
+                self.errors.setdefault(name, "could not connect")
+        for name, msg in list(self.errors.items()):
+            self.errors[name] = _explain_connect_error(self.hosts[name], msg)
+
+    def close(self) -> None:
+        for host in self.by_name.values():
+            with contextlib.suppress(Exception):
+                host.disconnect()
+            client = getattr(host.connector, "client", None)
+            if client is not None:
+                client.close()
+        self.by_name.clear()
+
+    @property
+    def connected(self) -> list[str]:
+        return list(self.by_name)
+
+    def run(self, name: str, command: str, timeout: int | None = None, stdin: bytes | None = None
+            ) -> CommandResult:
+        """Run one shell command on one host (counted; the plan tests count round trips)."""
+        host = self.by_name[name]
+        self.commands[name] = self.commands.get(name, 0) + 1
+        kwargs: dict[str, Any] = {}
+        if timeout:
+            kwargs["_timeout"] = timeout
+        try:
+            ok, out = host.run_shell_command(StringCommand(command), **kwargs)
+        except Exception as exc:
+            return CommandResult(False, "", f"{type(exc).__name__}: {exc}")
+        return CommandResult(ok, out.stdout, out.stderr)
+
+    def run_many(self, commands: Mapping[str, str], timeout: int | None = None) -> dict[str, CommandResult]:
+        """One command per host, all hosts at once."""
+        jobs = {name: gevent.spawn(self.run, name, cmd, timeout) for name, cmd in commands.items()
+                if name in self.by_name}
+        gevent.joinall(list(jobs.values()))
+        return {name: job.value for name, job in jobs.items()}
+
+    def put(self, name: str, data: bytes, dest: str, mode: str = "644") -> bool:
+        """Upload bytes to a path (through pyinfra's connector file transfer)."""
+        host = self.by_name[name]
+        self.commands[name] = self.commands.get(name, 0) + 1
+        ok = host.put_file(io.BytesIO(data), dest)
+        return bool(ok)
+
+    def each(self, names: Iterable[str], fn: Callable[[str], Any]) -> dict[str, Any]:
+        """Call fn(host) for each host concurrently; exceptions are returned as values."""
+        jobs = {n: gevent.spawn(fn, n) for n in names}
+        gevent.joinall(list(jobs.values()))
+        return {n: (j.value if j.successful() else j.exception) for n, j in jobs.items()}
+
+
+def _explain_connect_error(h: Host, msg: str) -> str:
+    where = "locally" if h.is_local else f"{h.user + '@' if h.user else ''}{h.address}:{h.port}"
+    hint = ""
+    low = msg.lower()
+    if "host key" in low or "not found in known_hosts" in low or "unknown host" in low:
+        hint = f" (host key not in {h.known_hosts or '~/.ssh/known_hosts'}; add it with ssh-keyscan after checking it)"
+    elif "auth" in low:
+        hint = " (authentication failed: check `user` and `ssh_key`)"
+    return f"cannot connect to host {h.name!r} ({where}): {msg}{hint}"

@@ -1,0 +1,145 @@
+"""Shared pytest fixtures: real systemd test hosts (reconciler.testhosts) for tests marked `host`.
+
+- ``testhosts_pool`` (session): a TestHosts with a directory, net and prefix of its own for this run
+  (slot K of RECON_TEST_HOSTS_BASE, default /tmp/recon-pytest-hosts: net 127.0.(200+K), prefix rptK;
+  a slot is held with a lock file, so concurrent runs and xdist workers get different slots). Hosts a
+  crashed earlier run left in the slot are halted at start; every host is halted at the end.
+- ``testhost`` (function): ONE fresh host with an index no other live host has, halted after the test.
+- ``make_testhosts`` (function): factory, ``make_testhosts(n)`` -> n fresh hosts (booted in parallel),
+  halted after the test.
+- ``testhosts_spec`` (function): ``testhosts_spec(hosts, names=None)`` -> a recon spec `hosts:` mapping,
+  ``{"node1": hosts[0].spec_entry(), ...}``.
+
+A host that cannot boot FAILS the test (never skips), with the harness's error and console log.
+Tests that use these fixtures are marked `host` automatically (deselect with ``-m "not host"``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from reconciler.testhosts import MAX_INDEX, TestHost, TestHostError, TestHosts, hosts_spec
+
+POOL_BASE = Path(os.environ.get("RECON_TEST_HOSTS_BASE", "/tmp/recon-pytest-hosts"))
+SLOTS = 40  # concurrent pytest runs (or xdist workers) on one machine; slot K uses net 127.0.(200+K)
+HOST_FIXTURES = frozenset({"testhosts_pool", "testhost", "make_testhosts"})
+
+MakeTestHosts = Callable[[int], list[TestHost]]
+HostsSpec = Callable[..., dict[str, dict[str, object]]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.host)
+
+
+def _forget_pyinfra_host_keys() -> None:
+    """pyinfra memoizes known_hosts files per path for the whole process: drop that after (re)boots,
+    or in-process pyinfra connections would not see the keys of hosts booted later."""
+    try:
+        from pyinfra.connectors.sshuserclient.client import get_host_keys
+    except ImportError:
+        return
+    cache = getattr(get_host_keys, "cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+
+
+def _acquire_slot() -> tuple[int, int]:
+    """(slot, fd of its held lock file); the lock dies with this process, so a crashed run frees it."""
+    POOL_BASE.mkdir(parents=True, exist_ok=True)
+    for slot in range(SLOTS):
+        fd = os.open(POOL_BASE / f"slot{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return slot, fd
+    pytest.fail(f"all {SLOTS} test host slots in {POOL_BASE} are in use by other test runs", pytrace=False)
+
+
+class _Indices:
+    """Hands out host indices round-robin over 1..254, skipping live ones: each test gets fresh ones."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def take(self, pool: TestHosts, n: int) -> list[int]:
+        live = {h.index for h in pool.running()}
+        free = MAX_INDEX - len(live)
+        if n > free:
+            pytest.fail(f"{n} test hosts wanted, only {free} indices free in {pool.dir}", pytrace=False)
+        res: list[int] = []
+        while len(res) < n:
+            i = self._next
+            self._next = i % MAX_INDEX + 1
+            if i not in live and not pool.base(i).exists():
+                res.append(i)
+        return res
+
+
+@pytest.fixture(scope="session")
+def testhosts_pool() -> Iterator[TestHosts]:
+    slot, fd = _acquire_slot()
+    try:
+        pool = TestHosts(POOL_BASE / f"slot{slot}", net=f"127.0.{200 + slot}", prefix=f"rpt{slot}")
+        error = ""
+        try:
+            pool.down()  # leftovers of a crashed earlier run in this slot
+        except TestHostError as e:
+            error = str(e)
+        if error:
+            pytest.fail(f"cannot clean up test hosts of an earlier run:\n{error}", pytrace=False)
+        yield pool
+        pool.down()
+        shutil.rmtree(pool.dir, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="session")
+def _testhost_indices() -> _Indices:
+    return _Indices()
+
+
+@pytest.fixture
+def make_testhosts(testhosts_pool: TestHosts, _testhost_indices: _Indices) -> Iterator[MakeTestHosts]:
+    booted: list[int] = []
+
+    def make(n: int = 1) -> list[TestHost]:
+        indices = _testhost_indices.take(testhosts_pool, n)
+        booted.extend(indices)
+        try:
+            hosts = testhosts_pool.up(indices)
+        except TestHostError as e:
+            error = str(e)
+        else:
+            _forget_pyinfra_host_keys()
+            return hosts
+        pytest.fail(f"test host(s) failed to boot:\n{error}", pytrace=False)
+
+    yield make
+    if booted:
+        testhosts_pool.down(booted)
+        _forget_pyinfra_host_keys()
+
+
+@pytest.fixture
+def testhost(make_testhosts: MakeTestHosts) -> TestHost:
+    return make_testhosts(1)[0]
+
+
+@pytest.fixture
+def testhosts_spec() -> HostsSpec:
+    def spec(hosts: Sequence[TestHost], names: Sequence[str] | None = None) -> dict[str, dict[str, object]]:
+        return hosts_spec(hosts, names)
+
+    return spec
