@@ -85,9 +85,7 @@ echo "memok_peak=$(cat /sys/fs/cgroup/memory/system.slice/memok.service/memory.m
     props = dict(line.split("=", 1) for line in r.stdout.split())
     assert props["ActiveState"] == "failed", props
     # v2 reports oom-kill; on v1 (hybrid) systemd sees the kernel OOM killer's SIGKILL
-    assert props["Result"] == "oom-kill" or (
-        props["Result"] == "signal" and props["ExecMainStatus"] == "9"
-    ), props
+    assert props["Result"] == "oom-kill" or (props["Result"] == "signal" and props["ExecMainStatus"] == "9"), props
     assert props["memok"] == "active", props
     assert int(props["memok_limit"]) == 64 << 20
     assert int(props["memok_peak"]) >= 16 << 20  # it really holds its 16 MB, under the limit

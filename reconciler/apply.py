@@ -1,0 +1,501 @@
+"""Apply a plan with pyinfra: releases, configs, units, dependency waves, health gates, automatic
+rollback, rolling host batches, and step-by-step state records so a crash at any point converges.
+
+Output is not formatted here: every step is reported through an `on_event(Event)` callback.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.lock import RLock
+from pyinfra.api.operation import add_op
+from pyinfra.api.state import StateStage
+from pyinfra.operations import files, server, systemd
+
+from reconciler.desired import DesiredService, sha256_text
+from reconciler.errors import ReconError
+from reconciler.plan import Change, Plan
+from reconciler.state import ServiceRecord, State, StateStore, now_iso
+
+JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
+
+
+@dataclass
+class Event:
+    kind: str            # wave | step | ok | fail | rollback | skip | batch | info
+    host: str = ""
+    service: str = ""
+    message: str = ""
+    wave: int = 0
+
+
+@dataclass
+class Outcome:
+    address: str
+    action: str
+    result: str          # created | updated | replaced | restarted | reloaded | deleted | rolled-back | failed | skipped
+    detail: str = ""
+    from_version: str | None = None
+    to_version: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    stopped: str | None = None       # why the rollout stopped early
+
+    @property
+    def failed(self) -> bool:
+        return any(o.result in ("failed", "rolled-back") for o in self.outcomes) or self.stopped is not None
+
+    def count(self, result: str) -> int:
+        return sum(1 for o in self.outcomes if o.result == result)
+
+
+_DONE = {"create": "created", "update": "updated", "replace": "replaced", "restart": "restarted",
+         "reload": "reloaded", "delete": "deleted"}
+
+
+def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> bytes:
+    """The artifact's bytes, checked against the spec's sha256 before anything is uploaded."""
+    if path is not None:
+        data = path.read_bytes()
+    elif url:
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - spec-declared artifact URL
+            data = resp.read()
+    else:
+        raise ReconError(f"{d.service}: no artifact path or url")
+    got = sha256_text(data)
+    if got != d.sha256:
+        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {d.sha256}, got {got})")
+    return data
+
+
+class Applier:
+    """Carries out one plan. `session` is an open `transport.Session` (its pyinfra State is reused)."""
+
+    def __init__(self, run: Any, plan: Plan, session: Any, on_event: Callable[[Event], None],
+                 command: str = "apply", auto_rollback: bool = True) -> None:
+        self.run = run
+        self.plan = plan
+        self.session = session
+        self.on_event = on_event
+        self.command = command
+        self.auto_rollback = auto_rollback
+        self.store: StateStore = run.store
+        self.state: State = run.state
+        self.lock = RLock()
+        self.result = ApplyResult()
+        self.artifacts: dict[str, bytes] = {}
+        st = session.state
+        st.set_stage(StateStage.Execute)
+        st.is_executing = True
+        self._op_seq = 0
+
+    # --- pyinfra operations ------------------------------------------------------------------------
+    def op(self, host: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Run one pyinfra operation on one host now; raise on failure."""
+        self._op_seq += 1
+        h = self.session.by_name[host]
+        self.session.commands[host] = self.session.commands.get(host, 0) + 1
+        add_op(self.session.state, fn, *args, host=h, name=f"recon {self._op_seq} {host}", **kwargs)
+
+    def sh(self, host: str, script: str, timeout: int | None = None) -> tuple[bool, str]:
+        res = self.session.run(host, script, timeout=timeout)
+        return res.ok, (res.stdout + ("\n" + res.stderr if res.stderr else "")).strip()
+
+    def emit(self, kind: str, host: str = "", service: str = "", message: str = "", wave: int = 0) -> None:
+        self.on_event(Event(kind, host, service, message, wave))
+
+    # --- state -----------------------------------------------------------------------------------
+    def record(self, d: DesiredService, status: str, previous: str | None, version: str | None = None) -> None:
+        with self.lock:
+            rec = ServiceRecord(
+                version=version or d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
+                env_hash=d.secrets_hash(self.run.salt), config_text=d.config_text, unit_text=d.unit_text,
+                service_dir=d.service_dir, config_path=d.config_path, unit_name=d.unit_name,
+                env_path=d.env_path, depends_on=list(d.depends_on), previous_version=previous, status=status,
+                applied_at=now_iso(), serial=self.state.serial + 1)
+            self.state.hosts.setdefault(d.host, {})[d.service] = rec
+            self.store.save(self.state)
+
+    def set_status(self, host: str, service: str, status: str, **changes: Any) -> None:
+        with self.lock:
+            rec = self.state.record(host, service)
+            if rec is None:
+                return
+            rec.status = status
+            for k, v in changes.items():
+                setattr(rec, k, v)
+            rec.applied_at = now_iso()
+            self.store.save(self.state)
+
+    def forget(self, host: str, service: str) -> None:
+        with self.lock:
+            self.state.hosts.get(host, {}).pop(service, None)
+            if not self.state.hosts.get(host):
+                self.state.hosts.pop(host, None)
+            self.store.save(self.state)
+
+    def history(self, c: Change, result: str, detail: str = "") -> None:
+        import getpass
+        import socket
+
+        self.store.append_history({
+            "time": now_iso(), "user": getpass.getuser(), "machine": socket.gethostname(),
+            "command": self.command, "serial": self.state.serial, "host": c.host, "service": c.service,
+            "action": c.action, "from": c.from_version, "to": c.to_version, "result": result, "detail": detail,
+        })
+
+    def outcome(self, c: Change, result: str, detail: str = "") -> None:
+        with self.lock:
+            self.result.outcomes.append(Outcome(c.address, c.action, result, detail, c.from_version, c.to_version))
+        self.history(c, result, detail)
+
+    # --- the rollout -----------------------------------------------------------------------------
+    def execute(self) -> ApplyResult:
+        by_host: dict[str, list[Change]] = {}
+        for c in self.plan.changes:
+            by_host.setdefault(c.host, []).append(c)
+        hosts = [h for h in self.run.spec.hosts if h in by_host]
+        batch_size, max_failures = self._rollout(len(hosts))
+        batches = [hosts[i:i + batch_size] for i in range(0, len(hosts), batch_size)]
+        failures = 0
+        for n, batch in enumerate(batches, 1):
+            if len(batches) > 1:
+                self.emit("batch", message=f"batch {n}/{len(batches)}: {', '.join(batch)}")
+            jobs = {h: gevent.spawn(self.apply_host, h, by_host[h]) for h in batch}
+            gevent.joinall(list(jobs.values()))
+            for h, job in jobs.items():
+                ok = job.value if job.successful() else False
+                if not job.successful():
+                    self.emit("fail", h, message=f"unexpected error: {job.exception}")
+                if not ok:
+                    failures += 1
+            if failures > max_failures and n < len(batches):
+                rest = [h for b in batches[n:] for h in b]
+                self.result.stopped = (f"{failures} host(s) failed (max_failures {max_failures}); "
+                                       f"not touched: {', '.join(rest)}")
+                self.emit("fail", message=f"rollout stopped: {self.result.stopped}")
+                for h in rest:
+                    for c in by_host[h]:
+                        self.outcome(c, "skipped", "rollout stopped")
+                break
+        return self.result
+
+    def _rollout(self, n_hosts: int) -> tuple[int, int]:
+        sizes, fails = [], []
+        for svc in self.run.spec.services.values():
+            b = svc.batch_size
+            if isinstance(b, str) and b.endswith("%"):
+                b = max(1, n_hosts * int(b[:-1]) // 100)
+            sizes.append(int(b))
+            fails.append(svc.max_failures)
+        return (min(sizes) if sizes else 1), (min(fails) if fails else 0)
+
+    def apply_host(self, host: str, changes: list[Change]) -> bool:
+        desired = self.run.desired.get(host, {})
+        waves: dict[int, list[Change]] = {}
+        for c in changes:
+            waves.setdefault(c.wave, []).append(c)
+        ok = True
+        for wave in sorted(waves):
+            batch = waves[wave]
+            if not ok:
+                for c in batch:
+                    self.outcome(c, "skipped", "an earlier wave failed on this host")
+                    self.emit("skip", host, c.service, "not started: an earlier wave failed", wave)
+                continue
+            deletes = [c for c in batch if c.action == "delete"]
+            others = [c for c in batch if c.action != "delete"]
+            if others:
+                names = ", ".join(c.service for c in others)
+                self.emit("wave", host, message=f"wave {wave}: {names}", wave=wave)
+                ok = self.apply_wave(host, wave, others, desired) and ok
+            for c in deletes:
+                ok = self.delete(host, c) and ok
+        return ok
+
+    # --- one wave on one host --------------------------------------------------------------------
+    def apply_wave(self, host: str, wave: int, changes: list[Change], desired: dict[str, DesiredService]) -> bool:
+        failed: list[Change] = []
+        ready: list[Change] = []
+        for c in changes:
+            d = desired[c.service]
+            try:
+                self.stage_files(host, c, d)
+                ready.append(c)
+            except Exception as exc:  # noqa: BLE001 - report, roll back, go on with the wave
+                self.emit("fail", host, c.service, f"preparing the release failed: {_short(exc)}", wave)
+                self.outcome(c, "failed", f"preparing the release failed: {_short(exc)}")
+                failed.append(c)
+        if ready:
+            try:
+                self.activate(host, ready, desired)
+            except Exception as exc:  # noqa: BLE001
+                for c in ready:
+                    self.emit("fail", host, c.service, f"switching failed: {_short(exc)}", wave)
+                    self.outcome(c, "failed", f"switching failed: {_short(exc)}")
+                return False
+            results = self.bounce_and_check(host, ready, desired)
+            for c in ready:
+                d = desired[c.service]
+                good, detail = results.get(c.service, (False, "no result"))
+                if good:
+                    self.record(d, "applied", self._previous(host, c))
+                    self.prune(host, d)
+                    self.emit("ok", host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
+                    self.outcome(c, _DONE[c.action], detail)
+                else:
+                    failed.append(c)
+                    self.emit("fail", host, c.service, f"health check failed: {detail}", wave)
+                    self.handle_failure(host, c, d, detail, wave)
+        return not failed
+
+    def _previous(self, host: str, c: Change) -> str | None:
+        rec = self.state.record(host, c.service)
+        if c.action == "replace" and c.from_version and c.from_version != c.to_version:
+            return c.from_version
+        return rec.previous_version if rec else None
+
+    def stage_files(self, host: str, c: Change, d: DesiredService) -> None:
+        """Upload what the change needs into the release directory; nothing is switched yet."""
+        self.emit("step", host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
+        needs_files = c.action in ("create", "replace", "update", "reload")
+        if c.action == "create" or not self._host_prepared(host, d):
+            self.op(host, server.group, group=d.group, system=True)
+            self.op(host, server.user, user=d.user, group=d.group, system=True, shell="/usr/sbin/nologin",
+                    ensure_home=False, create_home=False, home=d.data_dir)
+            self.op(host, files.directory, path=d.data_dir, user=d.user, group=d.group, mode="750")
+            self.op(host, files.directory, path=str(Path(d.config_path).parent), mode="755")
+        if not needs_files:
+            return
+        self.op(host, files.directory, path=d.release_dir, mode="755")
+        release_bin = d.binary_path
+        if c.action in ("create", "replace") or any(f.path == "artifact.sha256" for f in c.fields):
+            data = self._artifact(d)
+            self.op(host, files.put, src=io.BytesIO(data), dest=release_bin, mode="755")
+            ok, out = self.sh(host, f"sha256sum {shlex.quote(release_bin)} | cut -c1-64")
+            if not ok or out.strip() != d.sha256:
+                raise ReconError(f"artifact on the host has sha256 {out.strip()[:64]!r}, expected {d.sha256}")
+        cfg_in_release = f"{d.release_dir}/{d.service}.toml"
+        unit_in_release = f"{d.release_dir}/{d.unit_name}"
+        if c.action in ("update", "reload"):
+            # same release: keep what was there so an automatic rollback can put it back
+            self.sh(host, " ; ".join(
+                f"[ -f {shlex.quote(p)} ] && cp -p {shlex.quote(p)} {shlex.quote(p + '.prev')}"
+                for p in (cfg_in_release, unit_in_release, d.env_path)) + " ; true")
+        self.op(host, files.put, src=io.BytesIO(d.config_text.encode()), dest=cfg_in_release,
+                user="root", group=d.group, mode="640")
+        self.op(host, files.put, src=io.BytesIO(d.unit_text.encode()), dest=unit_in_release, mode="644")
+        if d.secret_names:
+            self.op(host, files.put, src=io.BytesIO(d.secrets_text.encode()), dest=d.env_path,
+                    user="root", group="root", mode="600")
+
+    def _host_prepared(self, host: str, d: DesiredService) -> bool:
+        obs = self.run.observed.get(host)
+        return bool(obs and d.user in obs.users)
+
+    def _artifact(self, d: DesiredService) -> bytes:
+        if d.service + d.version not in self.artifacts:
+            svc = self.run.spec.services[d.service]
+            self.artifacts[d.service + d.version] = load_artifact(d, svc.artifact_path, svc.artifact_url)
+        return self.artifacts[d.service + d.version]
+
+    def activate(self, host: str, changes: list[Change], desired: dict[str, DesiredService]) -> None:
+        """Record intent, switch `current` atomically, install units, one daemon-reload."""
+        for c in changes:
+            d = desired[c.service]
+            self.record(d, "in-progress", self._previous(host, c))
+        parts = []
+        for c in changes:
+            d = desired[c.service]
+            q = shlex.quote
+            parts.append(
+                f"ln -sfn releases/{q(d.version)} {q(d.service_dir)}/.current.tmp && "
+                f"mv -Tf {q(d.service_dir)}/.current.tmp {q(d.service_dir)}/current && "
+                f"ln -sfn {q(d.service_dir + '/current/' + d.service + '.toml')} {q(d.config_path)} && "
+                f"cp {q(d.release_dir + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')} && "
+                f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)} && "
+                f"rm -rf /etc/systemd/system.control/{q(d.unit_name)}.d /run/systemd/system.control/{q(d.unit_name)}.d"
+            )
+        ok, out = self.sh(host, "set -e\n" + "\n".join(parts))
+        if not ok:
+            raise ReconError(out or "switching releases failed")
+        self.op(host, systemd.daemon_reload)
+
+    def bounce_and_check(self, host: str, changes: list[Change], desired: dict[str, DesiredService]
+                         ) -> dict[str, tuple[bool, str]]:
+        """Start/restart/reload the wave's services and wait for their health, in one command."""
+        q = shlex.quote
+        enable = [desired[c.service].unit_name for c in changes]
+        restart = [desired[c.service].unit_name for c in changes if c.effect in ("start", "restart")]
+        reload = [desired[c.service].unit_name for c in changes if c.effect == "reload"]
+        lines = [_HEALTH_FN, f"systemctl enable -q {' '.join(q(u) for u in enable)} 2>&1 || true"]
+        if restart:
+            lines.append(f"systemctl restart {JOB_MODE} {' '.join(q(u) for u in restart)} 2>/dev/null || true")
+        if reload:
+            lines.append(f"systemctl reload {' '.join(q(u) for u in reload)} 2>/dev/null || true")
+        for c in changes:
+            d = desired[c.service]
+            lines.append(_check_line(d) + " &")
+        lines.append("wait")
+        timeout = int(max(desired[c.service].health_timeout_s for c in changes)) + 60
+        ok, out = self.sh(host, "\n".join(lines), timeout=timeout)
+        return _parse_results(out)
+
+    # --- failure handling ------------------------------------------------------------------------
+    def handle_failure(self, host: str, c: Change, d: DesiredService, detail: str, wave: int) -> None:
+        if not self.auto_rollback:
+            self.set_status(host, c.service, "failed")
+            self.outcome(c, "failed", detail)
+            return
+        q = shlex.quote
+        prev = c.from_version
+        if c.action == "create" or not prev:
+            self.sh(host, f"systemctl disable -q --now {q(d.unit_name)} 2>/dev/null; true")
+            self.set_status(host, c.service, "failed")
+            self.emit("rollback", host, c.service, "no earlier release: stopped it", wave)
+            self.outcome(c, "failed", f"{detail}; no earlier release, service stopped")
+            return
+        self.emit("rollback", host, c.service, f"rolling back to {prev}", wave)
+        if prev != d.version:
+            script = _switch_script(d.service_dir, d.service, prev, d.unit_name, d.unit_path, d.config_path)
+        else:   # same release: put back the files kept beside it
+            rel = d.release_dir
+            script = "\n".join([
+                f"for f in {q(rel + '/' + d.service + '.toml')} {q(rel + '/' + d.unit_name)} {q(d.env_path)}; do",
+                '  [ -f "$f.prev" ] && mv -f "$f.prev" "$f"',
+                "done",
+                f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path)}.recon-tmp && mv -f {q(d.unit_path)}.recon-tmp "
+                f"{q(d.unit_path)}",
+                "systemctl daemon-reload",
+            ])
+        ok, out = self.sh(host, "set -e\n" + script)
+        if ok:
+            effect = "reload" if c.action == "reload" else "restart"
+            verb = "reload" if effect == "reload" else f"restart {JOB_MODE}"
+            check = _HEALTH_FN + f"\nsystemctl {verb} {q(d.unit_name)} 2>/dev/null || true\n" + _check_line(d)
+            _, out2 = self.sh(host, check, timeout=int(d.health_timeout_s) + 60)
+            good, detail2 = _parse_results(out2).get(d.service, (False, "no result"))
+        else:
+            good, detail2 = False, out
+        if good:
+            rec = self.state.record(host, c.service)
+            if rec is not None:
+                old_unit = self._read_text(host, d.unit_path)
+                old_cfg = self._read_text(host, d.config_path)
+                self.set_status(host, c.service, "rolled-back", version=prev,
+                                unit_text=old_unit, unit_sha=sha256_text(old_unit),
+                                config_text=old_cfg, config_sha=sha256_text(old_cfg),
+                                previous_version=None if prev != d.version else rec.previous_version)
+            self.emit("rollback", host, c.service, f"back on {prev}, healthy ({detail2})", wave)
+            self.outcome(c, "rolled-back", f"{detail}; rolled back to {prev}")
+        else:
+            self.set_status(host, c.service, "failed")
+            self.emit("fail", host, c.service, f"rollback to {prev} failed: {detail2}", wave)
+            self.outcome(c, "failed", f"{detail}; rollback to {prev} failed: {detail2}")
+
+    def _read_text(self, host: str, path: str) -> str:
+        res = self.session.run(host, f"cat {shlex.quote(path)}")
+        return res.stdout + "\n" if res.ok and not res.stdout.endswith("\n") else res.stdout
+
+    # --- delete and prune ------------------------------------------------------------------------
+    def delete(self, host: str, c: Change) -> bool:
+        rec = self.state.record(host, c.service)
+        if rec is None:
+            return True
+        q = shlex.quote
+        unit_path = f"/etc/systemd/system/{rec.unit_name}"
+        ok, out = self.sh(host, "\n".join([
+            f"systemctl disable -q --now {q(rec.unit_name)} 2>/dev/null",
+            f"rm -f {q(unit_path)} {q(rec.config_path)} {q(rec.env_path)}",
+            f"rm -rf {q(rec.service_dir)}",
+            "systemctl daemon-reload",
+        ]))
+        if ok:
+            self.forget(host, c.service)
+            self.emit("ok", host, c.service, "deleted (its data directory is kept)", c.wave)
+            self.outcome(c, "deleted")
+            return True
+        self.emit("fail", host, c.service, f"delete failed: {out}", c.wave)
+        self.outcome(c, "failed", out)
+        return False
+
+    def prune(self, host: str, d: DesiredService) -> None:
+        """Keep `keep_releases` newest plus the running and the previous release."""
+        rec = self.state.record(host, d.service)
+        keep = {d.version} | ({rec.previous_version} if rec and rec.previous_version else set())
+        q = shlex.quote
+        keep_args = " ".join(f"-e {q(k)}" for k in sorted(keep))
+        self.sh(host, f"cd {q(d.service_dir + '/releases')} 2>/dev/null && ls -1t | tail -n +{d.keep_releases + 1} "
+                      f"| grep -vx {keep_args} | while read -r r; do rm -rf -- \"$r\"; done; true")
+
+
+# --- host-side scripts -----------------------------------------------------------------------------
+_HEALTH_FN = r"""check() {
+  n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6
+  start=$(date +%s); end=$((start + t))
+  while :; do
+    if ! systemctl is-active -q "$u"; then
+      st=$(systemctl show -p ActiveState,SubState,Result --value "$u" | tr '\n' ' ')
+      echo "RESULT	$n	fail	unit is ${st% }"; return
+    fi
+    if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
+    if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $(( $(date +%s) - start ))s"; return; fi
+    if [ "$(date +%s)" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
+    sleep "$iv"
+  done
+}"""
+
+
+def _check_line(d: DesiredService) -> str:
+    q = shlex.quote
+    return (f"check {q(d.service)} {q(d.unit_name)} {q(d.health_url or '')} {int(max(1, d.health_timeout_s))} "
+            f"{d.health_interval_s:g} {d.health_status}")
+
+
+def _parse_results(out: str) -> dict[str, tuple[bool, str]]:
+    res: dict[str, tuple[bool, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0] == "RESULT":
+            res[parts[1]] = (parts[2] == "ok", parts[3])
+    return res
+
+
+def _switch_script(service_dir: str, service: str, version: str, unit_name: str, unit_path: str,
+                   config_path: str) -> str:
+    """Point `current` at a kept release and put its unit back (binary, config and unit together)."""
+    q = shlex.quote
+    rel = f"{service_dir}/releases/{version}"
+    return "\n".join([
+        f"[ -d {q(rel)} ] || {{ echo 'release {version} is not on the host' >&2; exit 3; }}",
+        f"ln -sfn releases/{q(version)} {q(service_dir)}/.current.tmp",
+        f"mv -Tf {q(service_dir)}/.current.tmp {q(service_dir)}/current",
+        f"ln -sfn {q(service_dir + '/current/' + service + '.toml')} {q(config_path)}",
+        f"cp {q(rel + '/' + unit_name)} {q(unit_path)}.recon-tmp && mv -f {q(unit_path)}.recon-tmp {q(unit_path)}",
+        "systemctl daemon-reload",
+    ])
+
+
+def _ver(c: Change) -> str:
+    if c.action == "replace" and c.from_version and c.to_version:
+        return f" {c.from_version} → {c.to_version}"
+    if c.action == "create" and c.to_version:
+        return f" {c.to_version}"
+    return ""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:300]
