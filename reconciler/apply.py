@@ -7,6 +7,7 @@ Output is not formatted here: every step is reported through an `on_event(Event)
 from __future__ import annotations
 
 import io
+import logging
 import shlex
 import urllib.request
 from collections.abc import Callable
@@ -69,7 +70,7 @@ def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> byte
     if path is not None:
         data = path.read_bytes()
     elif url:
-        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - spec-declared artifact URL
+        with urllib.request.urlopen(url, timeout=60) as resp:
             data = resp.read()
     else:
         raise ReconError(f"{d.service}: no artifact path or url")
@@ -99,6 +100,9 @@ class Applier:
         st.set_stage(StateStage.Execute)
         st.is_executing = True
         self._op_seq = 0
+        self.prepared: set[tuple[str, str]] = set()
+        self.op_errors = _OpErrors()
+        logging.getLogger("pyinfra").addHandler(self.op_errors)
 
     # --- pyinfra operations ------------------------------------------------------------------------
     def op(self, host: str, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -106,7 +110,12 @@ class Applier:
         self._op_seq += 1
         h = self.session.by_name[host]
         self.session.commands[host] = self.session.commands.get(host, 0) + 1
-        add_op(self.session.state, fn, *args, host=h, name=f"recon {self._op_seq} {host}", **kwargs)
+        try:
+            add_op(self.session.state, fn, *args, host=h, name=f"recon {self._op_seq} {host}", **kwargs)
+        except Exception as exc:
+            what = getattr(fn, "__name__", "operation")
+            detail = self.op_errors.last(h.name) or _short(exc)
+            raise ReconError(f"{what} failed: {detail}") from None
 
     def sh(self, host: str, script: str, timeout: int | None = None) -> tuple[bool, str]:
         res = self.session.run(host, script, timeout=timeout)
@@ -233,14 +242,14 @@ class Applier:
             try:
                 self.stage_files(host, c, d)
                 ready.append(c)
-            except Exception as exc:  # noqa: BLE001 - report, roll back, go on with the wave
+            except Exception as exc:
                 self.emit("fail", host, c.service, f"preparing the release failed: {_short(exc)}", wave)
                 self.outcome(c, "failed", f"preparing the release failed: {_short(exc)}")
                 failed.append(c)
         if ready:
             try:
                 self.activate(host, ready, desired)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 for c in ready:
                     self.emit("fail", host, c.service, f"switching failed: {_short(exc)}", wave)
                     self.outcome(c, "failed", f"switching failed: {_short(exc)}")
@@ -273,7 +282,8 @@ class Applier:
         if c.action == "create" or not self._host_prepared(host, d):
             self.op(host, server.group, group=d.group, system=True)
             self.op(host, server.user, user=d.user, group=d.group, system=True, shell="/usr/sbin/nologin",
-                    ensure_home=False, create_home=False, home=d.data_dir)
+                    ensure_home=False, create_home=False)
+            self.prepared.add((host, d.user))
             self.op(host, files.directory, path=d.data_dir, user=d.user, group=d.group, mode="750")
             self.op(host, files.directory, path=str(Path(d.config_path).parent), mode="755")
         if not needs_files:
@@ -302,7 +312,7 @@ class Applier:
 
     def _host_prepared(self, host: str, d: DesiredService) -> bool:
         obs = self.run.observed.get(host)
-        return bool(obs and d.user in obs.users)
+        return (host, d.user) in self.prepared or bool(obs and d.user in obs.users)
 
     def _artifact(self, d: DesiredService) -> bytes:
         if d.service + d.version not in self.artifacts:
@@ -408,6 +418,49 @@ class Applier:
         res = self.session.run(host, f"cat {shlex.quote(path)}")
         return res.stdout + "\n" if res.ok and not res.stdout.endswith("\n") else res.stdout
 
+    # --- recon rollback --------------------------------------------------------------------------
+    def rollback(self, changes: list[Change]) -> ApplyResult:
+        """Switch each host's service to a kept release (binary, config and unit together)."""
+        jobs = {c.host: gevent.spawn(self._rollback_one, c) for c in changes}
+        gevent.joinall(list(jobs.values()))
+        for c in changes:
+            job = jobs[c.host]
+            if not job.successful():
+                self.emit("fail", c.host, c.service, f"unexpected error: {job.exception}")
+                self.outcome(c, "failed", str(job.exception))
+        return self.result
+
+    def _rollback_one(self, c: Change) -> None:
+        d = self.run.desired[c.host][c.service]
+        target, current = c.to_version or "", c.from_version or ""
+        self.emit("rollback", c.host, c.service, f"switching {current} → {target}")
+        q = shlex.quote
+        ok, out = self.sh(c.host, "set -e\n" + _switch_script(d.service_dir, d.service, target, d.unit_name,
+                                                              d.unit_path, d.config_path))
+        good, detail = False, out
+        if ok:
+            _, out2 = self.sh(c.host, _HEALTH_FN + f"\nsystemctl restart {JOB_MODE} {q(d.unit_name)} 2>/dev/null "
+                              "|| true\n" + _check_line(d), timeout=int(d.health_timeout_s) + 60)
+            good, detail = _parse_results(out2).get(d.service, (False, "no result"))
+        unit = self._read_text(c.host, d.unit_path)
+        cfg = self._read_text(c.host, d.config_path)
+        if good:
+            with self.lock:
+                rec = self.state.record(c.host, c.service)
+                fields = {"version": target, "unit_text": unit, "unit_sha": sha256_text(unit), "config_text": cfg,
+                          "config_sha": sha256_text(cfg), "previous_version": current}
+                if rec is None:
+                    self.record(d, "applied", current, version=target)
+                self.set_status(c.host, c.service, "applied", **fields)
+            self.emit("ok", c.host, c.service, f"rolled back to {target}, healthy ({detail})")
+            self.outcome(c, "replaced", f"rollback to {target}: {detail}")
+            return
+        self.emit("fail", c.host, c.service, f"{target} is not healthy ({detail}); switching back to {current}")
+        self.sh(c.host, "set -e\n" + _switch_script(d.service_dir, d.service, current, d.unit_name, d.unit_path,
+                                                    d.config_path)
+                + f"\nsystemctl restart {JOB_MODE} {q(d.unit_name)}")
+        self.outcome(c, "failed", f"{target} failed its health check ({detail}); back on {current}")
+
     # --- delete and prune ------------------------------------------------------------------------
     def delete(self, host: str, c: Change) -> bool:
         rec = self.state.record(host, c.service)
@@ -438,6 +491,26 @@ class Applier:
         keep_args = " ".join(f"-e {q(k)}" for k in sorted(keep))
         self.sh(host, f"cd {q(d.service_dir + '/releases')} 2>/dev/null && ls -1t | tail -n +{d.keep_releases + 1} "
                       f"| grep -vx {keep_args} | while read -r r; do rm -rf -- \"$r\"; done; true")
+
+
+class _OpErrors(logging.Handler):
+    """Keeps pyinfra's error lines per host, so a failed operation says why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("[") and "]" in msg:
+            host, text = msg[1:].split("]", 1)
+            text = text.strip()
+            if not text.startswith("Error: executed"):
+                self.lines.setdefault(host, []).append(text)
+
+    def last(self, host: str) -> str | None:
+        lines = self.lines.get(host)
+        return lines[-1] if lines else None
 
 
 # --- host-side scripts -----------------------------------------------------------------------------

@@ -231,6 +231,138 @@ def show(planfile: str, fmt: str, no_color: bool) -> None:
     emit_plan(p, fmt, use_color(no_color))
 
 
+@main.command()
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "files", multiple=True, metavar="SPEC", type=click.Path(dir_okay=False), help=SPEC_HELP)
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--target", "targets", multiple=True, metavar="SERVICE", help="Only this service and its dependencies.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host.")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another apply's lock.")
+@click.option("--no-rollback", is_flag=True, help="Leave a service that fails its health check as it is.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every step.")
+@state_option
+@no_color_option
+def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, targets: Sequence[str],
+          hosts: Sequence[str], lock_timeout: float, no_rollback: bool, verbose: bool, state: str | None,
+          no_color: bool) -> None:
+    """Carry out the plan: releases, configs, units, in dependency waves, health-gated.
+
+    With -f it plans first, shows the plan and asks for confirmation (or --auto-approve). With a
+    PLANFILE (from `recon plan -o`) it applies exactly that plan, and refuses it when the spec, a
+    host or recon's state moved since it was made. A service that fails its health check is
+    rolled back to its previous release automatically, and its dependents are not touched.
+    Exit 0 when everything applied, 1 otherwise.
+
+    \b
+    Examples:
+      recon apply -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon plan -f … -o release.plan && recon apply release.plan
+    """
+    from reconciler.runner import apply_command
+
+    if bool(planfile) == bool(files):
+        fail(ReconError("give either -f SPEC… or a PLANFILE (from `recon plan -o`)"))
+    color = use_color(no_color)
+    try:
+        code = apply_command(files=files, planfile=planfile, auto_approve=auto_approve, targets=targets,
+                             hosts=hosts, lock_timeout=lock_timeout, auto_rollback=not no_rollback,
+                             verbose=verbose, state=state, color=color)
+    except ReconError as exc:
+        fail(exc)
+        return
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("service")
+@spec_option
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only on this host (default: all its hosts).")
+@click.option("--to", "to_version", metavar="VERSION", help="The kept release to go to (default: the previous one).")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True)
+@state_option
+@no_color_option
+def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_version: str | None,
+             lock_timeout: float, state: str | None, no_color: bool) -> None:
+    """Switch SERVICE back to a kept release (binary, config and unit together), health-gated.
+
+    \b
+    Examples:
+      recon rollback orchestrator -f specs/platform.yaml
+      recon rollback orchestrator -f specs/platform.yaml --to 5.0.0 --host node1
+    """
+    from reconciler.runner import rollback_command
+
+    try:
+        code = rollback_command(files, service, hosts, to_version, lock_timeout, state, use_color(no_color))
+    except ReconError as exc:
+        fail(exc)
+        return
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("service", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-n", "--limit", default=50, show_default=True, help="Show the newest N entries.")
+@state_option
+def history(service: str | None, fmt: str, limit: int, state: str | None) -> None:
+    """What was applied, when, by whom, with what result (newest last)."""
+    from reconciler.pipeline import state_dir
+    from reconciler.state import StateStore
+
+    entries = [e for e in StateStore(state_dir(state)).history() if not service or e.get("service") == service]
+    entries = entries[-limit:]
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("No history yet." if not service else f"No history for {service}.")
+        return
+    for e in entries:
+        ver = e.get("to") or ""
+        if e.get("from") and e.get("from") != e.get("to"):
+            ver = f"{e.get('from')} → {e.get('to')}"
+        detail = f"  ({e['detail']})" if e.get("detail") else ""
+        click.echo(f"{e.get('time', '')[:19].replace('T', ' ')}  #{e.get('serial', '?'):<4} {e.get('user', '?')}@"
+                   f"{e.get('machine', '?')}  {e.get('host')}/{e.get('service')}  {e.get('action')} {ver}  "
+                   f"→ {e.get('result')}{detail}")
+
+
+@main.command()
+@spec_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--host", "hosts", multiple=True, metavar="HOST")
+@state_option
+@no_color_option
+def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | None, no_color: bool) -> None:
+    """Per host and service: desired vs running version, systemd state, health, memory."""
+    from reconciler.runner import status_command
+
+    try:
+        code = status_command(files, hosts, state, fmt, use_color(no_color))
+    except ReconError as exc:
+        fail(exc)
+        return
+    sys.exit(code)
+
+
+@main.command("force-unlock")
+@click.argument("lock_id", required=False)
+@state_option
+def force_unlock(lock_id: str | None, state: str | None) -> None:
+    """Remove the state lock left by an apply that is gone (give its lock id to be safe)."""
+    from reconciler.pipeline import state_dir
+    from reconciler.state import StateStore, describe_holder
+
+    try:
+        holder = StateStore(state_dir(state)).force_unlock(lock_id)
+    except ReconError as exc:
+        fail(exc)
+        return
+    click.echo(f"Removed the lock held by {describe_holder(holder)}.")
+
+
 def run() -> None:  # pragma: no cover - entry point for python -m
     main()
 

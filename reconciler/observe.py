@@ -174,10 +174,11 @@ def _cmdlines(targets: list[Target]) -> str:
     q = shlex.quote
     units = " ".join(q(t.unit_name) for t in targets)
     return (
+        "emitpid() { [ -n \"$id\" ] && [ -n \"$pid\" ] && [ \"$pid\" != 0 ] && [ -r \"/proc/$pid/cmdline\" ] && "
+        "emit cmdline \"$id\" \"$(tr '\\000' ' ' < /proc/$pid/cmdline)\"; id=; pid=; }\n"
         f"systemctl show --no-pager -p Id,MainPID {units} 2>/dev/null | "
-        "while IFS='=' read -r k val; do "
-        'case "$k" in Id) id=$val;; MainPID) if [ "$val" != 0 ] && [ -r "/proc/$val/cmdline" ]; then '
-        'emit cmdline "$id" "$(tr \'\\000\' \' \' < /proc/$val/cmdline)"; fi;; esac; done'
+        "{ id=; pid=; while IFS='=' read -r k val; do case \"$k\" in Id) id=$val;; MainPID) pid=$val;; "
+        "'') emitpid;; esac; done; emitpid; }"
     )
 
 

@@ -31,8 +31,11 @@ from pyinfra.context import ctx_state
 
 from reconciler.spec.model import Host
 
-logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
-logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+for _name in ("pyinfra", "paramiko"):
+    _log = logging.getLogger(_name)
+    _log.setLevel(logging.ERROR)     # errors reach recon's own handlers (apply keeps them per host)
+    _log.propagate = False
+    _log.addHandler(logging.NullHandler())
 
 
 @dataclass
