@@ -100,6 +100,7 @@ class Session:
         self.close()
 
     def open(self) -> None:
+        _forget_known_hosts_cache()
         names: list[Any] = []
         for h in self.hosts.values():
             name, data = _inventory_entry(h)
@@ -173,6 +174,17 @@ class Session:
         jobs = {n: gevent.spawn(fn, n) for n in names}
         gevent.joinall(list(jobs.values()))
         return {n: (j.value if j.successful() else j.exception) for n, j in jobs.items()}
+
+
+def _forget_known_hosts_cache() -> None:
+    """pyinfra memoizes known_hosts files per path for the process: re-read them for each session."""
+    try:
+        from pyinfra.connectors.sshuserclient.client import get_host_keys
+    except ImportError:  # pragma: no cover - other pyinfra layouts
+        return
+    cache = getattr(get_host_keys, "cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 def _explain_connect_error(h: Host, msg: str) -> str:
