@@ -4,18 +4,25 @@ A change per host and service with an address `HOST/SERVICE[/PART]`, an action (
 replace, delete, restart, reload), the reason in words, and before/after per field with secrets
 masked. Each field says whether the spec moved (`desired`) or the host moved away from what recon
 last applied (`drift`). No I/O here.
+
+Speed: a converged service costs a handful of string and dict comparisons (`_fast_converged`); the
+desired unit's limits are read once per unit text (cached), and TOML/unit texts are only parsed for
+services that differ.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from reconciler.desired import MANAGED_HEADER, SECRET_MASK, UNIT_KEYS, DesiredService, parse_unit, sha256_text
+from reconciler.desired import MANAGED_HEADER, SECRET_MASK, UNIT_KEYS, DesiredService, parse_unit
 from reconciler.observe import ObservedHost, ObservedService
 from reconciler.state import ServiceRecord, State
 from reconciler.waves import waves_of
@@ -23,7 +30,14 @@ from reconciler.waves import waves_of
 FORMAT_VERSION = 1
 ACTIONS = ("create", "update", "replace", "delete", "restart", "reload")
 ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
-_SYSTEMD_SIZE_KEYS = {"MemoryMax": "limits.memory_max", "MemoryHigh": "limits.memory_high"}
+
+# Limits systemd applies at run time (`systemctl set-property`): systemctl-show property → unit key.
+LIVE_PROPS = (("MemoryMax", "MemoryMax"), ("MemoryHigh", "MemoryHigh"), ("TasksMax", "TasksMax"),
+              ("CPUQuotaPerSecUSec", "CPUQuota"))
+# Unit keys whose systemd default is "no limit" (TasksMax defaults to DefaultTasksMax instead).
+_UNLIMITED_BY_DEFAULT = frozenset({"MemoryMax", "MemoryHigh", "CPUQuota"})
+_INFINITY = "infinity"
+_RUNTIME_PATHS = ("state", "health", "running_version", "enabled")
 
 
 @dataclass
@@ -54,6 +68,12 @@ class Change:
         return {f.kind for f in self.fields}
 
 
+def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `d` that are fields of dataclass `cls` (readers ignore keys they do not know)."""
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {k: v for k, v in d.items() if k in names}
+
+
 @dataclass
 class Plan:
     changes: list[Change] = field(default_factory=list)
@@ -71,9 +91,11 @@ class Plan:
         return bool(self.changes)
 
     def counts(self) -> dict[str, int]:
+        """Changes per known action (all six keys); an action this recon does not know is not counted."""
         out = dict.fromkeys(ACTIONS, 0)
         for c in self.changes:
-            out[c.action] += 1
+            if c.action in out:
+                out[c.action] += 1
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,67 +106,99 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Plan:
-        changes = [Change(**{**c, "fields": [FieldChange(**f) for f in c.get("fields", [])]})
-                   for c in d.get("changes", [])]
-        keys = {k for k in cls.__dataclass_fields__ if k != "changes"}
-        return cls(changes=changes, **{k: d[k] for k in keys if k in d})
+        """Read a plan back (from `to_dict` or the JSON form); keys this recon does not know are ignored."""
+        changes = []
+        for c in d.get("changes") or []:
+            fields = [FieldChange(**_known(FieldChange, f)) for f in c.get("fields") or []]
+            changes.append(Change(**{**_known(Change, c), "fields": fields}))
+        rest = {k: v for k, v in _known(cls, d).items() if k != "changes"}
+        return cls(changes=changes, **rest)
 
 
-# ---------------------------------------------------------------------------------------------
-def parse_config(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
+# --------------------------------------------------------------------------------------------- parsing
+@lru_cache(maxsize=4096)
+def _toml(text: str) -> dict[str, Any] | None:
+    """Parsed TOML (cached per text: callers must not change the result), None when not valid TOML."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return None
 
 
-def _flatten(d: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(d, dict) and d:
-        for k, v in d.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    else:
-        out[prefix] = d
+def parse_config(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    return _toml(text)
+
+
+@lru_cache(maxsize=4096)
+def _unit(text: str) -> dict[str, list[str]]:
+    """`parse_unit`, cached per text (callers must not change the result)."""
+    return parse_unit(text)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type, all the way down (`8`, `8.0`, `"8"` and `true` all differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+def _diff_tree(before: Mapping[str, Any], after: Mapping[str, Any], keys: tuple[str, ...],
+               out: list[tuple[tuple[str, ...], Any, Any]]) -> None:
+    """Per key what differs; tables are followed into, any other value (arrays too) compares whole."""
+    for k in before.keys() | after.keys():
+        here = (*keys, k)
+        if k not in after:
+            out.append((here, before[k], None))
+        elif k not in before:
+            out.append((here, None, after[k]))
+        else:
+            b, a = before[k], after[k]
+            if isinstance(b, dict) and isinstance(a, dict):
+                _diff_tree(b, a, here, out)
+            elif not _same(b, a):
+                out.append((here, b, a))
+
+
+def _config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Any, Any]]:
+    out: list[tuple[tuple[str, ...], Any, Any]] = []
+    _diff_tree(before, after, (), out)
+    out.sort(key=lambda x: x[0])
     return out
 
 
 def config_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """Per TOML key (`config.server.workers`) what differs; DeepDiff only runs on differing configs."""
+    """Per TOML key (`config.server.workers`) what differs: (path, before, after), sorted by path."""
     if before is None:
         return [("config", None, "(new file)")]
-    from deepdiff import DeepDiff  # only for services whose config differs
-
-    diff = DeepDiff(dict(before), dict(after), threshold_to_diff_deeper=0, ignore_order=False,
-                    view="tree")
-    out: list[tuple[str, Any, Any]] = []
-    for items in diff.values():
-        for item in items:
-            path = item.path(output_format="list")
-            key = "config." + ".".join(str(p) for p in path)
-            b = item.t1 if not _is_notpresent(item.t1) else None
-            a = item.t2 if not _is_notpresent(item.t2) else None
-            out.append((key, b, a))
-    return sorted(out, key=lambda x: x[0])
-
-
-def _is_notpresent(v: Any) -> bool:
-    return type(v).__name__ == "NotPresent"
+    return [("config." + ".".join(keys), b, a) for keys, b, a in _config_diff(before, after)]
 
 
 def unit_changes(before_text: str | None, after_text: str) -> list[tuple[str, Any, Any]]:
     """Per unit key, mapped to the spec field it comes from (`MemoryMax` → `limits.memory_max`)."""
     if before_text is None:
         return [("unit", None, "(new unit)")]
-    b, a = parse_unit(before_text), parse_unit(after_text)
-    out: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(b) | set(a)):
+    return [(label, b, a) for label, _, b, a in _unit_diff(before_text, after_text)]
+
+
+def _unit_diff(before_text: str, after_text: str) -> list[tuple[str, str, Any, Any]]:
+    """(label, unit key, before, after) per unit key that differs."""
+    b, a = _unit(before_text), _unit(after_text)
+    out: list[tuple[str, str, Any, Any]] = []
+    for key in sorted(b.keys() | a.keys()):
         bv, av = b.get(key), a.get(key)
         if bv == av:
             continue
-        spec_key = UNIT_KEYS.get(key, f"unit.{key}")
-        label = f"{spec_key} ({key})" if key in UNIT_KEYS else spec_key
-        out.append((label, _one(bv), _one(av)))
+        spec_key = UNIT_KEYS.get(key)
+        label = f"{spec_key} ({key})" if spec_key else f"unit.{key}"
+        out.append((label, key, _one(bv), _one(av)))
     return out
 
 
@@ -160,68 +214,140 @@ def _strip_header(text: str | None) -> str | None:
     return text
 
 
-def _size_bytes(v: str) -> int | None:
+# --------------------------------------------------------------------------------------------- run-time limits
+_TIMESPAN = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|min|h|d)")
+_USEC = {"us": 1, "ms": 1000, "s": 1_000_000, "min": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
+
+
+def _timespan_usec(text: str) -> int | None:
+    """systemd's time span (`500ms`, `1.500000s`, `1min 30s`) in µs; None when not one."""
+    total, pos = 0.0, 0
+    text = text.strip()
+    for m in _TIMESPAN.finditer(text):
+        if text[pos:m.start()].strip():
+            return None
+        total += float(m.group(1)) * _USEC[m.group(2)]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        return None
+    return round(total)
+
+
+def _norm_unit_value(key: str, value: str) -> int | str | None:
+    """A unit file's limit as systemd reports it at run time: bytes, µs per s, a count, `infinity`,
+    or None when it cannot be compared (percentages of RAM, odd syntax)."""
+    if value == _INFINITY:
+        return _INFINITY
+    if key == "CPUQuota":
+        if value.endswith("%"):
+            try:
+                return round(float(value[:-1]) * 10_000)
+            except ValueError:
+                return None
+        return None
+    if key == "TasksMax":
+        return int(value) if value.isdigit() else None
     from reconciler.spec.units import parse_size
 
     try:
-        b = parse_size(v)
+        b = parse_size(value)
     except ValueError:
         return None
     return b if isinstance(b, int) else None
 
 
+def _norm_live(prop: str, value: str) -> int | str | None:
+    if value == _INFINITY:
+        return _INFINITY
+    if prop == "CPUQuotaPerSecUSec":
+        return _timespan_usec(value)
+    return int(value) if value.isdigit() else None
+
+
+_LIMIT_LINE = re.compile(r"^[ \t]*(MemoryMax|MemoryHigh|TasksMax|CPUQuota)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M)
+
+
+@lru_cache(maxsize=4096)
+def unit_limits(unit_text: str) -> dict[str, tuple[str, int | str | None]]:
+    """The run-time limits a unit text sets: unit key → (value as written, value as systemd reports it).
+    Cached per text, and found with one regex pass instead of parsing the whole unit (the converged
+    fast path reads it). The last assignment wins; an empty one resets the key, as in systemd."""
+    out: dict[str, tuple[str, int | str | None]] = {}
+    for m in _LIMIT_LINE.finditer(unit_text):
+        key, value = m.group(1), m.group(2)
+        if value:
+            out[key] = (value, _norm_unit_value(key, value))
+        else:
+            out.pop(key, None)
+    return out
+
+
+def _show_live(key: str, v: int | str) -> str:
+    if v == _INFINITY or isinstance(v, str):
+        return str(v)
+    if key == "CPUQuota":
+        return f"{v / 10_000:g}%"
+    if key == "TasksMax":
+        return str(v)
+    return _human(v)
+
+
 def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, Any]]:
-    """Limits changed at run time (`systemctl set-property`) while the unit file still matches."""
+    """Limits changed at run time (`systemctl set-property`): the running value differs from what the
+    unit file on the host says. (A limit changed in the file itself is a unit change, not this.)"""
+    props = o.props
+    if not props or o.unit_text is None:
+        return []
+    want = unit_limits(d.unit_text)
+    seen = want if o.unit_text == d.unit_text else unit_limits(o.unit_text)
     out: list[tuple[str, Any, Any]] = []
-    want = parse_unit(d.unit_text)
-    for key, spec_key in _SYSTEMD_SIZE_KEYS.items():
-        live = o.props.get(key)
-        if live is None or key not in want:
+    for prop, key in LIVE_PROPS:
+        raw = props.get(prop)
+        if not raw:
             continue
-        wb = _size_bytes(want[key][0])
-        lb = None if live == "infinity" else (int(live) if live.isdigit() else None)
-        if live == "infinity" and want[key][0] == "infinity":
+        live = _norm_live(prop, raw)
+        if live is None:
             continue
-        if wb is not None and lb is not None and wb != lb:
-            out.append((f"{spec_key} (live {key})", _human(lb), want[key][0]))
+        if key in seen:
+            file_value = seen[key][1]
+        elif key in _UNLIMITED_BY_DEFAULT:
+            file_value = _INFINITY
+        else:
+            continue
+        if file_value is None or live == file_value:
+            continue
+        after = want[key][0] if key in want else None
+        out.append((f"{UNIT_KEYS[key]} (live {key})", _show_live(key, live), after))
     return out
 
 
 def _human(n: int) -> str:
-    for unit, f in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if n % f == 0:
+    for unit, f in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n and n % f == 0:
             return f"{n // f}{unit}"
     return str(n)
 
 
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Facts:
-    version: str | None
-    sha: str | None
-    config_sha: str | None
-    unit_sha: str | None
-    env_hash: str | None
-
-
-def _observed_facts(o: ObservedService) -> _Facts:
-    return _Facts(o.current, o.binary_sha, sha256_text(o.config_text) if o.config_text is not None else None,
-                  sha256_text(o.unit_text) if o.unit_text is not None else None, o.env_hash)
+# --------------------------------------------------------------------------------------------- one service
+def _healthy(d: DesiredService, o: ObservedService) -> bool:
+    """No probe (no URL, unit not active, no curl) counts as no news; else the status must be the expected one."""
+    return o.health is None or o.health.code == d.health_status
 
 
 def _fast_converged(d: DesiredService, o: ObservedService, salt: str) -> bool:
-    """The hot path: a direct comparison; no DeepDiff for services that match."""
+    """The hot path: direct comparisons only; nothing is parsed for services that match."""
+    props = o.props
     return (
         o.current == d.version
         and o.binary_sha == d.sha256
         and o.config_text == d.config_text
         and o.unit_text == d.unit_text
-        and o.env_hash == d.secrets_hash(salt)
-        and o.props.get("ActiveState") == "active"
-        and o.props.get("NeedDaemonReload", "no") == "no"
-        and o.props.get("UnitFileState", "enabled") == "enabled"
+        and props.get("ActiveState") == "active"
+        and props.get("NeedDaemonReload", "no") != "yes"
+        and props.get("UnitFileState", "enabled") in ("enabled", "")
+        and _healthy(d, o)
         and (o.running_version in (None, d.version))
-        and (o.health is None or o.health.ok)
+        and o.env_hash == d.secrets_hash(salt)
         and not _live_limits(d, o)
     )
 
@@ -233,32 +359,40 @@ def _kind(record: ServiceRecord | None, observed_value: Any, recorded_value: Any
     return "drift" if observed_value != recorded_value else "desired"
 
 
+def _applied(record: ServiceRecord | None) -> bool:
+    return record is not None and record.status == "applied"
+
+
+def _create(d: DesiredService, record: ServiceRecord | None) -> Change:
+    fields = [FieldChange("version", None, d.version), FieldChange("artifact.sha256", None, d.sha256),
+              FieldChange("config", None, "(new file)"), FieldChange("unit", None, "(new unit)")]
+    if d.secret_names:
+        fields.append(FieldChange("secrets", None, SECRET_MASK, sensitive=True))
+    drift = _applied(record)
+    for f in fields:
+        f.kind = "drift" if drift else "desired"
+    reason = "service is not on the host" + (" (removed outside recon)" if drift else "")
+    return Change(d.address, d.host, d.service, "create", reason, "start", fields=fields, drift=drift,
+                  to_version=d.version)
+
+
 def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | None, salt: str,
                  refresh_only: bool = False) -> Change | None:
-    """The change for one service on one host, or None when it is converged."""
-    address = d.address
+    """The change for one service on one host, or None when it is converged.
+
+    A Change with action "none" means: it differs only in fields listed under `ignore_drift`.
+    """
     if not o.exists:
-        if refresh_only:
-            if record is not None:
-                return Change(address, d.host, d.service, "create", "removed outside recon", "start",
-                              fields=[FieldChange("release", record.version, None, "drift")], drift=True,
-                              to_version=d.version)
+        change = _create(d, record)
+        if refresh_only and not change.drift:
             return None
-        fields = [FieldChange("version", None, d.version), FieldChange("artifact.sha256", None, d.sha256),
-                  FieldChange("config", None, "(new file)"), FieldChange("unit", None, "(new unit)")]
-        if d.secret_names:
-            fields.append(FieldChange("secrets", None, SECRET_MASK, sensitive=True))
-        kind = "drift" if record is not None and record.status == "applied" else "desired"
-        for f in fields:
-            f.kind = kind
-        reason = "service is not on the host" + (" (removed outside recon)" if kind == "drift" else "")
-        return Change(address, d.host, d.service, "create", reason, "start", fields=fields,
-                      drift=kind == "drift", to_version=d.version)
+        return change
     if _fast_converged(d, o, salt):
         return None
 
     fields: list[FieldChange] = []
     rec = record
+    applied = _applied(rec)
     # release: version and binary
     if o.current != d.version:
         fields.append(FieldChange("version", o.current, d.version,
@@ -268,84 +402,103 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
                                   _kind(rec, o.binary_sha, rec.sha256 if rec else None)))
     # config by TOML key
     if o.config_text != d.config_text:
-        kind = _kind(rec, o.config_text, rec.config_text if rec else None)
-        before = parse_config(_strip_header(o.config_text))
-        if o.config_text is not None and before is None:
-            fields.append(FieldChange("config", "(not valid TOML)", "(rendered from the spec)", kind))
-        else:
-            changes = config_changes(before, d.config)
-            if not changes and o.config_text is not None:  # same data, different text (comments, order)
-                changes = [("config", "(edited text)", "(rendered from the spec)")]
-            for path, b, a in changes:
-                fields.append(FieldChange(path, b, a, _field_kind(rec, path, kind, d, o)))
+        fields += _config_fields(d, o, rec)
     # unit by key (the release path in ExecStart follows the version: not a change of its own)
     if o.unit_text != d.unit_text:
-        kind = _kind(rec, o.unit_text, rec.unit_text if rec else None)
-        seen_unit = o.unit_text
-        if seen_unit is not None and o.current and o.current != d.version:
-            seen_unit = seen_unit.replace(f"/releases/{o.current}/", f"/releases/{d.version}/")
-        for path, b, a in unit_changes(seen_unit, d.unit_text):
-            fields.append(FieldChange(path, b, a, kind))
-    # secrets (fingerprint only; values never leave memory)
+        fields += _unit_fields(d, o, rec)
+    # secrets (a salted fingerprint only; values never leave memory)
     want_env = d.secrets_hash(salt)
     if o.env_hash != want_env:
         kind = _kind(rec, o.env_hash, rec.env_hash if rec else None)
         fields.append(FieldChange("secrets", SECRET_MASK if o.env_hash else None,
                                   SECRET_MASK if want_env else None, kind, sensitive=True))
     # run-time facts
-    live = _live_limits(d, o) if o.unit_text == d.unit_text else []
-    for path, b, a in live:
-        fields.append(FieldChange(path, b, a, "drift" if rec else "desired"))
-    active = o.props.get("ActiveState", "unknown")
-    runtime_kind = "drift" if rec is not None and rec.status == "applied" else "desired"
+    runtime_kind = "drift" if applied else "desired"
+    for path, b, a in _live_limits(d, o):
+        fields.append(FieldChange(path, b, a, runtime_kind))
+    props = o.props
+    if o.unit_text == d.unit_text and props.get("NeedDaemonReload") == "yes":
+        fields.append(FieldChange("unit.loaded", "outdated (daemon-reload pending)", "current", runtime_kind))
+    active = props.get("ActiveState", "unknown")
     if active != "active":
-        sub = o.props.get("SubState", "")
+        sub = props.get("SubState", "")
         fields.append(FieldChange("state", f"{active}" + (f" ({sub})" if sub and sub != active else ""),
                                   "active", runtime_kind))
-    elif o.health is not None and not o.health.ok:
+    elif not _healthy(d, o):
+        assert o.health is not None
         fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind))
-    if o.props.get("UnitFileState", "enabled") not in ("enabled", ""):
-        fields.append(FieldChange("enabled", o.props.get("UnitFileState"), "enabled", runtime_kind))
+    if props.get("UnitFileState", "enabled") not in ("enabled", ""):
+        fields.append(FieldChange("enabled", props.get("UnitFileState"), "enabled", runtime_kind))
     running = o.running_version
     if active == "active" and running is not None and running != d.version and o.current == d.version:
-        fields.append(FieldChange("running_version", running, d.version,
-                                  "desired" if rec is None or rec.status == "in-progress" else "drift"))
+        fields.append(FieldChange("running_version", running, d.version, runtime_kind))
 
     # ignore_drift
     kept: list[FieldChange] = []
-    ignored: list[str] = []
+    ignored = False
     for f in fields:
-        if f.kind == "drift" and _ignored(f.path, d.ignore_drift):
-            ignored.append(f"{address}: {f.path}")
+        if f.kind == "drift" and d.ignore_drift and _ignored(f.path, d.ignore_drift):
+            ignored = True
             continue
         kept.append(f)
     if refresh_only:
         kept = [f for f in kept if f.kind == "drift"]
     if not kept:
-        return None if not ignored else Change(address, d.host, d.service, "none", "", "none",
-                                               fields=[], drift=False)
+        return Change(d.address, d.host, d.service, "none", "", "none") if ignored else None
 
     action, effect, reason = _decide(d, o, kept)
-    return Change(address, d.host, d.service, action, reason, effect, fields=kept,
+    return Change(d.address, d.host, d.service, action, reason, effect, fields=kept,
                   drift=any(f.kind == "drift" for f in kept), from_version=o.current, to_version=d.version)
 
 
-def _field_kind(rec: ServiceRecord | None, path: str, kind: str, d: DesiredService, o: ObservedService) -> str:
-    """A config key drifted when its observed value differs from the one recon applied."""
-    if rec is None or kind != "drift":
-        return kind
-    recorded = parse_config(_strip_header(rec.config_text))
-    observed = parse_config(_strip_header(o.config_text))
-    if recorded is None or observed is None or not path.startswith("config."):
-        return kind
-    keys = path.split(".")[1:]
-    return "drift" if _dig(recorded, keys) != _dig(observed, keys) else "desired"
+def _config_fields(d: DesiredService, o: ObservedService, rec: ServiceRecord | None) -> list[FieldChange]:
+    whole = _kind(rec, o.config_text, rec.config_text if rec else None)
+    if o.config_text is None:
+        return [FieldChange("config", None, "(new file)", whole)]
+    before = parse_config(_strip_header(o.config_text))
+    if before is None:
+        return [FieldChange("config", "(not valid TOML)", "(rendered from the spec)", whole)]
+    after = parse_config(_strip_header(d.config_text))
+    if after is None:          # cannot happen with a rendered config; compare with the spec's data
+        after = d.config
+    diff = _config_diff(before, after)
+    if not diff:               # same data, different text (comments, order, formatting)
+        return [FieldChange("config", "(edited text)", "(rendered from the spec)", whole)]
+    recorded = parse_config(_strip_header(rec.config_text)) if whole == "drift" and rec else None
+    out = []
+    for keys, b, a in diff:
+        kind = whole
+        if recorded is not None:   # a key drifted when the host's value is not the one recon applied
+            kind = "drift" if not _same(_dig(recorded, keys), _dig(before, keys)) else "desired"
+        out.append(FieldChange("config." + ".".join(keys), b, a, kind))
+    return out
 
 
-def _dig(d: Any, keys: list[str]) -> Any:
+def _unit_fields(d: DesiredService, o: ObservedService, rec: ServiceRecord | None) -> list[FieldChange]:
+    whole = _kind(rec, o.unit_text, rec.unit_text if rec else None)
+    if o.unit_text is None:
+        return [FieldChange("unit", None, "(new unit)", whole)]
+    seen = o.unit_text
+    if o.current and o.current != d.version:
+        seen = seen.replace(f"/releases/{o.current}/", f"/releases/{d.version}/")
+    recorded = _unit(rec.unit_text) if whole == "drift" and rec and rec.unit_text else None
+    observed = _unit(o.unit_text)
+    out = []
+    for label, key, b, a in _unit_diff(seen, d.unit_text):
+        kind = whole
+        if recorded is not None:   # a key drifted when the host's line is not the one recon applied
+            kind = "drift" if recorded.get(key) != observed.get(key) else "desired"
+        out.append(FieldChange(label, b, a, kind))
+    return out
+
+
+_MISSING = object()
+
+
+def _dig(d: Any, keys: tuple[str, ...]) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
-            return None
+            return _MISSING
         d = d[k]
     return d
 
@@ -357,7 +510,7 @@ def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
 
 def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) -> tuple[str, str, str]:
     paths = [f.path for f in fields]
-    first = fields[0]
+
     def words(f: FieldChange) -> str:
         if f.sensitive:
             return f"{f.path} changed"
@@ -366,15 +519,13 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
         return f"{f.path.split(' (')[0]} {_short(f.before)} → {_short(f.after)}"
 
     drift_note = " (changed outside recon)" if any(f.kind == "drift" for f in fields) else ""
-    if any(p in ("version", "artifact.sha256") for p in paths):
-        reason = words(next(f for f in fields if f.path in ("version", "artifact.sha256")))
-        if "artifact.sha256" in paths and "version" not in paths:
-            reason = "binary differs from the artifact" + drift_note
-        return "replace", "restart", reason
-    file_fields = [f for f in fields if f.path.startswith(("config", "secrets")) or f.path == "unit"
-                   or (" (" in f.path and "live" not in f.path) or f.path.startswith("unit.")]
+    if "version" in paths:
+        return "replace", "restart", words(next(f for f in fields if f.path == "version"))
+    if "artifact.sha256" in paths:
+        return "replace", "restart", "binary differs from the artifact" + drift_note
     live_fields = [f for f in fields if "(live " in f.path]
-    runtime = [f for f in fields if f.path in ("state", "health", "running_version", "enabled")]
+    runtime = [f for f in fields if f.path in _RUNTIME_PATHS]
+    file_fields = [f for f in fields if f not in live_fields and f not in runtime]
     if file_fields:
         unit_touched = any(not f.path.startswith("config") for f in file_fields)
         if not unit_touched and d.reload_signal and not runtime:
@@ -382,16 +533,17 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
         return "update", "restart", _reason(file_fields, words) + drift_note
     if live_fields and not runtime:
         return "update", "daemon-reload", _reason(live_fields, words) + " (set at run time)"
-    f = runtime[0] if runtime else first
+    f = runtime[0]
     if f.path == "state":
         return "restart", "restart", f"unit is {f.before}"
     if f.path == "health":
         return "restart", "restart", f"health check fails ({f.before})"
     if f.path == "running_version":
         return "restart", "restart", f"running {f.before}, installed {f.after}"
-    if f.path == "enabled":
-        return "update", "none", f"unit is {f.before}, not enabled"
-    return "update", "restart", words(f)
+    # only "enabled" (maybe with run-time limits): nothing to restart
+    if live_fields:
+        return "update", "daemon-reload", _reason([*live_fields, f], words)
+    return "update", "none", f"unit is {f.before}, not enabled"
 
 
 def _reason(fields: list[FieldChange], words: Any) -> str:
@@ -407,7 +559,7 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------- the plan
 def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Mapping[str, ObservedHost],
               state: State, salt: str, *, refresh_only: bool = False, targets: set[str] | None = None,
               hosts: set[str] | None = None) -> Plan:
@@ -416,7 +568,7 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
     deps: dict[str, list[str]] = {}
     for svcs in desired.values():
         for name, d in svcs.items():
-            deps[name] = list(d.depends_on)
+            deps.setdefault(name, list(d.depends_on))
     plan.waves = waves_of(deps)
     wave_of = {name: i for i, wave in enumerate(plan.waves, 1) for name in wave}
     for host, svcs in desired.items():
@@ -426,11 +578,14 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
         if obs is None or obs.error:
             plan.errors.append(obs.error if obs and obs.error else f"host {host!r} was not observed")
             continue
+        records = state.hosts.get(host, {})
+        seen = obs.services
         for name, d in svcs.items():
             if targets is not None and name not in targets:
                 continue
-            o = obs.services.get(name) or ObservedService(name)
-            change = plan_service(d, o, state.record(host, name), salt, refresh_only)
+            o = seen.get(name)
+            change = plan_service(d, o if o is not None else ObservedService(name), records.get(name), salt,
+                                  refresh_only)
             if change is None:
                 continue
             if change.action == "none":
@@ -438,26 +593,44 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
                 continue
             change.wave = wave_of.get(name, 0)
             plan.changes.append(change)
-        # services recon applied here that the spec no longer names
-        for name, rec in sorted(state.hosts.get(host, {}).items()):
-            if name in svcs or (targets is not None and name not in targets):
+        # services recon applied here that the spec no longer places on this host
+        for name, rec in sorted(records.items()):
+            if name in svcs or (targets is not None and name not in targets) or refresh_only:
                 continue
-            o = obs.services.get(name)
+            o = seen.get(name)
             if o is not None and not o.exists:
                 continue
-            if refresh_only:
-                continue
+            installed = o.current if o is not None and o.current else rec.version
             plan.changes.append(Change(f"{host}/{name}", host, name, "delete", "no longer in the spec", "stop",
                                        wave=len(plan.waves) + 1,
-                                       fields=[FieldChange("version", rec.version, None)],
-                                       from_version=rec.version))
-        managed = {f"provisioning-{n}.service" for n in svcs} | {
-            r.unit_name for r in state.hosts.get(host, {}).values()}
-        for unit in obs.unit_files:
-            if unit not in managed:
-                plan.notes.append(f"{host}: {unit} exists but recon does not manage it (left alone)")
+                                       fields=[FieldChange("version", installed, None)],
+                                       from_version=installed))
+        if obs.unit_files:
+            managed = {d.unit_name for d in svcs.values()} | {r.unit_name for r in records.values()}
+            for unit in obs.unit_files:
+                if unit not in managed:
+                    plan.notes.append(f"{host}: {unit} exists but recon does not manage it (left alone)")
+        for name, d in svcs.items():
+            o = seen.get(name)
+            if o is not None and o.props.get("DropInPaths") and (targets is None or name in targets):
+                plan.notes.extend(_dropin_notes(host, d, o))
+    for host in sorted(set(state.hosts) - set(desired)):
+        if hosts is None and state.hosts[host]:
+            names = ", ".join(sorted(state.hosts[host]))
+            plan.notes.append(f"{host}: in recon's state ({names}) but not in the spec; left alone")
     plan.changes.sort(key=lambda c: (c.wave, c.host, c.service))
     return plan
+
+
+def _dropin_notes(host: str, d: DesiredService, o: ObservedService) -> list[str]:
+    """Drop-ins recon does not write change the unit behind the spec's back: say so (apply leaves
+    them). `systemctl set-property` drop-ins (system.control) are planned as run-time limits instead."""
+    out = []
+    for path in o.props.get("DropInPaths", "").split():
+        if "/system.control/" in path:
+            continue
+        out.append(f"{host}: {d.unit_name} has a drop-in recon does not manage: {path} (left alone)")
+    return out
 
 
 def fingerprint(value: Any) -> str:

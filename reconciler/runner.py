@@ -62,6 +62,7 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
                                      + ". Make a new plan with `recon plan -o`.")
             else:
                 click.echo(render_text(plan, color=color), nl=False)
+            settle_records(run, plan)
             if not plan.changes:
                 if saved is None:
                     return 0
@@ -73,6 +74,37 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
             result = applier.execute()
         print_summary(result, color)
     return 1 if result.failed else 0
+
+
+def settle_records(run: Any, plan: Plan) -> None:
+    """Services that need no change are recorded as applied: a crash after the host converged but
+    before the record was written, or a host set up to match the spec, leaves state that now agrees."""
+    from reconciler.state import ServiceRecord, now_iso
+
+    changed = {c.address for c in plan.changes} | set(plan.ignored_drift)
+    dirty = False
+    for host, svcs in run.desired.items():
+        obs = run.observed.get(host)
+        if obs is None or obs.error:
+            continue
+        for name, d in svcs.items():
+            if d.address in changed or (run.targets is not None and name not in run.targets):
+                continue
+            o = obs.services.get(name)
+            rec = run.state.record(host, name)
+            if o is None or not o.exists or (rec is not None and rec.status == "applied"
+                                              and rec.version == d.version and rec.unit_sha == d.unit_sha
+                                              and rec.config_sha == d.config_sha):
+                continue
+            run.state.hosts.setdefault(host, {})[name] = ServiceRecord(
+                version=d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
+                env_hash=d.secrets_hash(run.salt), config_text=d.config_text, unit_text=d.unit_text,
+                service_dir=d.service_dir, config_path=d.config_path, unit_name=d.unit_name, env_path=d.env_path,
+                depends_on=list(d.depends_on), previous_version=rec.previous_version if rec else None,
+                status="applied", applied_at=now_iso(), serial=run.state.serial + 1)
+            dirty = True
+    if dirty:
+        run.store.save(run.state)
 
 
 def rollback_command(files: Sequence[str], service: str, hosts: Sequence[str], to_version: str | None,
@@ -142,7 +174,8 @@ def status_command(files: Sequence[str], hosts: Sequence[str], state: str | None
             rows.append({
                 "host": host, "service": name, "desired": d.version,
                 "installed": o.current if o else None, "running": o.running_version if o else None,
-                "state": f"{o.props.get('ActiveState', '?')}/{o.props.get('SubState', '?')}" if o and o.props else "absent",
+                "state": (f"{o.props.get('ActiveState', '?')}/{o.props.get('SubState', '?')}"
+                          if o and o.props else "absent"),
                 "health": (o.health.summary() if o and o.health else "-"),
                 "healthy": bool(o and o.health and o.health.ok),
                 "memory": _mib(mem), "memory_max": _mib(o.props.get("MemoryMax") if o else None),

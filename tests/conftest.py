@@ -143,3 +143,14 @@ def testhosts_spec() -> HostsSpec:
         return hosts_spec(hosts, names)
 
     return spec
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[Path, str]]:
+    """Stand-in artifacts the host tests deploy: (service, version) -> (path, sha256)."""
+    from reconciler.standin.build import build
+
+    out = tmp_path_factory.mktemp("artifacts")
+    items = [("orchestrator", "5.0.0"), ("orchestrator", "5.0.1"), ("control-center", "5.0.0"),
+             ("control-center", "5.0.1"), ("control-center", "5.0.2-unhealthy"), ("mcp-server", "5.0.0")]
+    return build(out, items)
