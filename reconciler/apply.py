@@ -42,7 +42,8 @@ class Event:
 class Outcome:
     address: str
     action: str
-    result: str          # created | updated | replaced | restarted | reloaded | deleted | rolled-back | failed | skipped
+    # created | updated | replaced | restarted | reloaded | deleted | rolled-back | failed | skipped
+    result: str
     detail: str = ""
     from_version: str | None = None
     to_version: str | None = None
@@ -359,7 +360,7 @@ class Applier:
             lines.append(_check_line(d) + " &")
         lines.append("wait")
         timeout = int(max(desired[c.service].health_timeout_s for c in changes)) + 60
-        ok, out = self.sh(host, "\n".join(lines), timeout=timeout)
+        _, out = self.sh(host, "\n".join(lines), timeout=timeout)
         return _parse_results(out)
 
     # --- failure handling ------------------------------------------------------------------------
