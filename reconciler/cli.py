@@ -363,6 +363,38 @@ def force_unlock(lock_id: str | None, state: str | None) -> None:
     click.echo(f"Removed the lock held by {describe_holder(holder)}.")
 
 
+@main.command()
+@click.argument("base")
+@click.argument("head")
+@click.option("-f", "--file", "files", multiple=True, metavar="SPEC",
+              help="Spec file path(s) read at BASE and at HEAD (git refs). Without -f, BASE and HEAD are files.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@no_color_option
+def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -> None:
+    """Review a spec change without touching any host: what changes per service, and what is risky.
+
+    BASE and HEAD are git refs (the -f files are read at each ref; WORKTREE means the files on
+    disk), or, without -f, two spec files. Risky changes are flagged: a removed service others
+    depend on, a dependency cycle, a port clash, an invalid spec, a major version bump or
+    downgrade, lower memory limits. Exit 0 no changes, 2 changes, 1 invalid HEAD or an error-level risk.
+
+    \b
+    Examples:
+      recon diff origin/main HEAD -f specs/platform.yaml --format markdown > diff.md
+      recon diff HEAD WORKTREE -f specs/platform.yaml -f specs/overrides/prod.yaml
+      recon diff old.yaml new.yaml
+    """
+    from reconciler.review import diff_command
+
+    try:
+        out, code = diff_command(base, head, files, fmt, use_color(no_color))
+    except ReconError as exc:
+        fail(exc)
+        return
+    click.echo(out, nl=not out.endswith("\n"))
+    sys.exit(code)
+
+
 def run() -> None:  # pragma: no cover - entry point for python -m
     main()
 
