@@ -62,7 +62,8 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     """What to observe per host: the desired services, and services recon applied there before."""
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
-        ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url)
+        ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
+                     d.user)
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:

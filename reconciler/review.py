@@ -34,7 +34,7 @@ from typing import Any
 
 from reconciler.errors import Origin, Problem, ReconError, SpecError
 from reconciler.spec.loader import Layer, SpecPath, parse_text
-from reconciler.spec.merge import Merged, apply_defaults, merge_layers
+from reconciler.spec.merge import Merged, merge_layers
 from reconciler.spec.model import BUILTIN_DEFAULTS
 from reconciler.spec.units import INFINITY, parse_size
 
@@ -216,18 +216,9 @@ class _Text:
 
 def _check(merged: Merged) -> list[Problem]:
     """`recon validate --skip-artifacts` on merged layers, returning problems instead of raising."""
-    from reconciler.spec.checks import semantic_problems
-    from reconciler.spec.schema import schema_problems, sort_problems
+    from reconciler.spec import check_merged
 
-    problems = schema_problems(merged)
-    try:
-        apply_defaults(merged)
-        seen = {p.path for p in problems}
-        problems += [p for p in semantic_problems(merged, check_artifacts=False) if p.path not in seen]
-    except Exception:  # a structure too broken for the semantic checks: the schema problems say why
-        if not problems:
-            raise
-    return sort_problems(problems)
+    return check_merged(merged, check_artifacts=False)
 
 
 def _side(label: str, rev: str | None, texts: list[_Text], is_head: bool, notes: list[str]) -> _Side:

@@ -10,7 +10,7 @@ from reconciler.spec.loader import Layer, format_path, load_file
 from reconciler.spec.merge import Merged, apply_defaults, merge_layers
 from reconciler.spec.model import Host, Service, Spec, build_spec
 
-__all__ = ["Host", "Merged", "Service", "Spec", "format_path", "load_merged", "load_spec"]
+__all__ = ["Host", "Merged", "Service", "Spec", "check_merged", "format_path", "load_merged", "load_spec"]
 
 
 def load_merged(files: Sequence[str | Path]) -> Merged:
@@ -29,24 +29,26 @@ def load_merged(files: Sequence[str | Path]) -> Merged:
     return merge_layers(layers)
 
 
-def load_spec(files: Sequence[str | Path], check_artifacts: bool = True) -> Spec:
-    """Load, layer, validate and build the spec; raise SpecError listing every problem."""
+def check_merged(merged: Merged, check_artifacts: bool = True) -> list[Problem]:
+    """Apply `defaults:` to layered files and return every schema and semantic problem, sorted.
+
+    Both kinds run, so one run reports everything; a semantic problem at a path the schema already
+    reported is left out. Never raises for bad input: the semantic checks accept data of any shape.
+    """
     from reconciler.spec.checks import semantic_problems
     from reconciler.spec.schema import schema_problems, sort_problems
 
-    merged = load_merged(files)
     problems = schema_problems(merged)
-    if problems:
-        # Report semantic problems in the same run where the structure allows checking them.
-        try:
-            apply_defaults(merged)
-            seen = {p.path for p in problems}
-            problems += [p for p in semantic_problems(merged, check_artifacts) if p.path not in seen]
-        except Exception:
-            pass
-        raise SpecError(sort_problems(problems))
     apply_defaults(merged)
-    problems = semantic_problems(merged, check_artifacts=check_artifacts)
+    seen = {p.path for p in problems}
+    problems += [p for p in semantic_problems(merged, check_artifacts) if p.path not in seen]
+    return sort_problems(problems, merged.files)
+
+
+def load_spec(files: Sequence[str | Path], check_artifacts: bool = True) -> Spec:
+    """Load, layer, validate and build the spec; raise SpecError listing every problem."""
+    merged = load_merged(files)
+    problems = check_merged(merged, check_artifacts)
     if problems:
         raise SpecError(problems)
     return build_spec(merged)

@@ -1,7 +1,12 @@
-"""Semantic checks the schema cannot express: references, cycles, port clashes, units, artifacts."""
+"""Semantic checks the schema cannot express: references, cycles, port clashes, units, artifacts.
+
+They run on the merged, defaults-applied spec, also when the schema found problems (so that one run
+reports everything), which means every check here must cope with values of any type.
+"""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -23,120 +28,154 @@ _UNIT_FIELDS: dict[tuple[str, str], tuple[Any, str]] = {
     ("health", "timeout_s"): (parse_duration, "a duration like 30, 30s or 1min"),
     ("health", "interval_s"): (parse_duration, "a duration like 1, 500ms or 2s"),
 }
+_TOML_INT = (-(2**63), 2**63 - 1)
 
 
 class _Checker:
     def __init__(self, merged: Merged) -> None:
         self.merged = merged
         self.problems: list[Problem] = []
+        self.seen: set[tuple[str, str]] = set()
 
-    def add(self, path: SpecPath, message: str, expected: str | None = None, found: str | None = None) -> None:
-        self.problems.append(Problem(message, format_path(path), self.merged.origin_of(path), expected, found))
+    def add(self, path: SpecPath, message: str, expected: str | None = None, found: str | None = None,
+            per_service: bool = False) -> None:
+        """Report a problem at `path`. A bad value that came from `defaults:` is reported once, at its
+        `defaults.…` path, not once per service (unless the problem is about the service itself)."""
+        origin = self.merged.origins.get(path)
+        if not per_service and origin is not None and origin.at[:1] == ("defaults",):
+            path = origin.at
+        key = (format_path(path), message)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.problems.append(Problem(message, key[0], self.merged.origin_of(path), expected, found))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _names(value: Any) -> list[tuple[int, str]]:
+    """(index, name) of the string items of a list; anything else is the schema's to report."""
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a list of names (first repeated at the end), or None."""
-    color: dict[str, int] = {}
-    stack: list[str] = []
+    """A dependency cycle as a list of names (first repeated at the end), or None.
 
-    def visit(node: str) -> list[str] | None:
-        color[node] = 1
-        stack.append(node)
-        for dep in graph.get(node, []):
-            if dep not in graph:
-                continue
-            if color.get(dep) == 1:
-                return [*stack[stack.index(dep):], dep]
-            if dep not in color:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        color[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in color:
-            found = visit(node)
-            if found:
-                return found
+    Self-dependencies are left out (reported on their own). Iterative: a chain of thousands of
+    services must not hit Python's recursion limit.
+    """
+    done: set[str] = set()
+    for root in sorted(graph):
+        if root in done:
+            continue
+        stack: list[str] = [root]
+        on_stack = {root}
+        iters = [iter(graph[root])]
+        while iters:
+            for dep in iters[-1]:
+                if dep not in graph or dep == stack[-1] or dep in done:
+                    continue
+                if dep in on_stack:
+                    return [*stack[stack.index(dep):], dep]
+                stack.append(dep)
+                on_stack.add(dep)
+                iters.append(iter(graph[dep]))
+                break
+            else:
+                iters.pop()
+                node = stack.pop()
+                on_stack.discard(node)
+                done.add(node)
     return None
 
 
 def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Problem]:
-    """Every semantic problem of a schema-valid, defaults-applied spec."""
+    """Every semantic problem of a defaults-applied spec (schema-valid or not)."""
     c = _Checker(merged)
-    data = merged.data
-    hosts = data.get("hosts") or {}
-    services: dict[str, dict[str, Any]] = data.get("services") or {}
-    if not services:
+    data = _dict(merged.data)
+    hosts = _dict(data.get("hosts"))
+    services = _dict(data.get("services"))
+    if not services and isinstance(data.get("services"), dict):
         c.add(("services",), "no services defined", expected="at least one service")
     graph: dict[str, list[str]] = {}
     ports: dict[tuple[str, int], str] = {}
     for name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue  # the schema reports it
         base: SpecPath = ("services", name)
         if "version" not in svc:
             c.add(base, "`version` is required", expected='a version string like "5.0.0"')
         if "artifact" not in svc:
             c.add(base, "`artifact` is required", expected="{path: …, sha256: …} or {url: …, sha256: …}")
-        svc_hosts = svc.get("hosts")
-        if svc_hosts is None:
+        svc_hosts: list[tuple[int, str]]
+        if "hosts" not in svc:
             if not hosts:
                 c.add(base, "service runs on no host", expected="`hosts:` in the service or a top-level `hosts:`")
-            svc_hosts = list(hosts)
-        elif not svc_hosts:
-            c.add((*base, "hosts"), "service runs on no host", expected="at least one host name")
-        for i, h in enumerate(svc_hosts):
-            if h not in hosts:
+            svc_hosts = [(-1, h) for h in hosts]
+        else:
+            svc_hosts = _names(svc["hosts"])
+            if svc["hosts"] == []:
+                c.add((*base, "hosts"), "service runs on no host", expected="at least one host name")
+        for i, h in svc_hosts:
+            if i >= 0 and h not in hosts:
                 c.add((*base, "hosts", i), f"unknown host {h!r}",
-                      expected="one of " + (", ".join(sorted(hosts)) or "(no hosts defined)"))
-        deps = list(svc.get("depends_on") or [])
-        graph[name] = deps
-        for i, dep in enumerate(deps):
+                      expected="one of " + (", ".join(sorted(hosts)) or "(no hosts defined)"), found=h)
+        deps = _names(svc.get("depends_on"))
+        graph[name] = [d for _, d in deps]
+        for i, dep in deps:
             if dep == name:
-                c.add((*base, "depends_on", i), "a service cannot depend on itself")
+                c.add((*base, "depends_on", i), "a service cannot depend on itself", expected="another service",
+                      found=dep, per_service=True)
             elif dep not in services:
                 c.add((*base, "depends_on", i), f"unknown dependency {dep!r}",
-                      expected="one of the services: " + ", ".join(sorted(services)))
+                      expected="one of the services: " + ", ".join(sorted(services)), found=dep)
         port = svc.get("port")
-        if isinstance(port, int):
-            for h in svc_hosts:
+        if isinstance(port, int) and not isinstance(port, bool):
+            for _, h in svc_hosts:
                 other = ports.get((h, port))
                 if other is not None:
                     c.add((*base, "port"), f"port {port} on host {h!r} is already used by service {other!r}",
-                          expected="one service per port on a host", found=str(port))
+                          expected="one service per port on a host", found=str(port), per_service=True)
                 else:
                     ports[(h, port)] = name
-        for (section, key), (parse, expected) in _UNIT_FIELDS.items():
-            value = (svc.get(section) or {}).get(key)
-            if value is None:
-                continue
-            try:
-                parse(value)
-            except (ValueError, TypeError):
-                c.add((*base, section, key), f"malformed {key.replace('_', ' ')}", expected=expected,
-                      found=repr(value))
-        limits = svc.get("limits") or {}
-        try:
-            mx, hi = parse_size(limits.get("memory_max", "infinity")), parse_size(limits.get("memory_high",
-                                                                                          "infinity"))
-            if isinstance(mx, int) and isinstance(hi, int) and hi > mx:
-                c.add((*base, "limits", "memory_high"), "memory_high is above memory_max",
-                      expected=f"at most memory_max ({limits.get('memory_max')})", found=str(limits["memory_high"]))
-        except (ValueError, TypeError):
-            pass
+        _check_units(c, base, svc)
         _check_placeholders(c, base, svc)
+        _check_config(c, (*base, "config"), svc.get("config"))
         if check_artifacts:
             _check_artifact(c, base, svc)
     cycle = find_cycle(graph)
     if cycle:
-        first = cycle[0]
-        c.add(("services", first, "depends_on"), "dependency cycle: " + " → ".join(cycle),
-              expected="dependencies without cycles")
+        c.add(("services", cycle[0], "depends_on"), "dependency cycle: " + " → ".join(cycle),
+              expected="dependencies without cycles", found=" → ".join(cycle))
     return c.problems
 
 
+def _check_units(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
+    for (section, key), (parse, expected) in _UNIT_FIELDS.items():
+        value = _dict(svc.get(section)).get(key)
+        if value is None:
+            continue
+        try:
+            parse(value)
+        except (ValueError, TypeError):
+            c.add((*base, section, key), f"malformed {key.replace('_', ' ')}", expected=expected, found=repr(value))
+    limits = _dict(svc.get("limits"))
+    try:
+        mx = parse_size(limits.get("memory_max", "infinity"))
+        hi = parse_size(limits.get("memory_high", "infinity"))
+    except (ValueError, TypeError):
+        return
+    if isinstance(mx, int) and isinstance(hi, int) and hi > mx:
+        c.add((*base, "limits", "memory_high"), "memory_high is above memory_max",
+              expected=f"at most memory_max ({limits.get('memory_max')})", found=str(limits["memory_high"]),
+              per_service=True)
+
+
 def _check_placeholders(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
+    has_port = isinstance(svc.get("port"), int)
+
     def walk(value: Any, path: SpecPath) -> None:
         if isinstance(value, str):
             bad = unknown_placeholders(value)
@@ -144,6 +183,9 @@ def _check_placeholders(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> Non
                 c.add(path, f"unknown placeholder {{{bad[0]}}}", expected="one of " + ", ".join(
                     "{" + p + "}" for p in PLACEHOLDERS) + " (write {{ and }} for literal braces)",
                     found=value)
+            elif not has_port and "{port}" in value.replace("{{", ""):
+                c.add(path, "{port} is used but the service has no `port:`", expected="a `port:` in the service",
+                      found=value, per_service=True)
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, (*path, k))
@@ -153,7 +195,24 @@ def _check_placeholders(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> Non
 
     for key in ("args", "env", "config"):
         walk(svc.get(key), (*base, key))
-    walk((svc.get("health") or {}).get("http"), (*base, "health", "http"))
+    walk(_dict(svc.get("health")).get("http"), (*base, "health", "http"))
+
+
+def _check_config(c: _Checker, path: SpecPath, value: Any) -> None:
+    """`config:` is rendered as TOML: no nulls, integers within 64 bits."""
+    if value is None and len(path) > 3:
+        c.add(path, "null cannot be written to the TOML config",
+              expected="a string, number, boolean, date, list or mapping (leave the key out instead)", found="null")
+    elif isinstance(value, bool | str | float | datetime.date):
+        return
+    elif isinstance(value, int) and not _TOML_INT[0] <= value <= _TOML_INT[1]:
+        c.add(path, "integer out of TOML's range", expected="a 64-bit signed integer", found=str(value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_config(c, (*path, k), v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_config(c, (*path, i), v)
 
 
 def _sha256_file(path: Path) -> str:
@@ -165,22 +224,32 @@ def _sha256_file(path: Path) -> str:
 
 
 def _check_artifact(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
-    art = svc.get("artifact") or {}
+    art = _dict(svc.get("artifact"))
     rel = art.get("path")
-    if not rel:
+    if not isinstance(rel, str) or not rel:
         return
     path_key = (*base, "artifact", "path")
     origin = c.merged.origin_of(path_key)
-    p = Path(rel).expanduser()
-    if not p.is_absolute() and origin is not None:
-        p = Path(origin.file).parent / p
-    if not p.is_file():
+    try:
+        p = Path(rel).expanduser()
+        if not p.is_absolute() and origin is not None:
+            p = Path(origin.file).parent / p
+        is_file = p.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # ~unknown-user, a NUL, a name too long…
+        c.add(path_key, "artifact path cannot be used", expected="a file (paths are relative to the spec file)",
+              found=f"{rel} ({exc})")
+        return
+    if not is_file:
         c.add(path_key, "artifact file not found", expected="a file (paths are relative to the spec file)",
               found=str(p))
         return
     want = art.get("sha256")
-    if not want:
+    if not isinstance(want, str) or not want:
         return
-    got = _sha256_file(p)
+    try:
+        got = _sha256_file(p)
+    except OSError as exc:
+        c.add(path_key, "artifact file cannot be read", expected="a readable file", found=f"{p} ({exc.strerror})")
+        return
     if got != want:
         c.add((*base, "artifact", "sha256"), f"checksum mismatch for {p}", expected=want, found=got)

@@ -1,7 +1,12 @@
-"""Read one spec file (YAML or JSON) into plain data plus the file and line of every value."""
+"""Read one spec file (YAML or JSON) into plain data plus the file and line of every value.
+
+Bad input of any kind (malformed YAML, odd tags, recursive or exploding aliases, deep nesting,
+undecodable bytes) becomes a `SpecError` with file, line and column, never another exception.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,30 @@ from reconciler.errors import Origin, Problem, SpecError
 SpecPath = tuple[str | int, ...]
 
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_C_LOADER = _Loader is not yaml.SafeLoader  # libyaml reports reader errors at byte offsets
+
+
+class _JsonLoader(_Loader):  # type: ignore[misc,valid-type]
+    """YAML 1.1 reads JSON's `1e5` and `1.0e5` as strings; a .json spec gets JSON's numbers."""
+
+
+_JsonLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?[eE][-+]?[0-9]+$"),
+    list("-0123456789"),
+)
+
+YAML_TAG = "tag:yaml.org,2002:"
+_MAP_TAG, _SEQ_TAG, _MERGE_TAG = YAML_TAG + "map", YAML_TAG + "seq", YAML_TAG + "merge"
+_SCALAR_TAGS = {YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+MAX_DEPTH = 100  # nesting levels; a spec needs a handful
+MAX_NODES = 100_000  # values after alias expansion ("billion laughs" stops here)
+MAX_NUMBER_CHARS = 1000  # longer numbers cannot be spec values (and Python's int() refuses past 4300 digits)
+MAX_INT_BITS = 3400  # the same for 0x… / 0o… / 0b… ints, whose str() would refuse too
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+          type(None): "null"}
 
 
 def format_path(path: SpecPath) -> str:
@@ -35,75 +64,214 @@ class Layer:
     origins: dict[SpecPath, Origin] = field(default_factory=dict)
 
 
+class _TooLarge(Exception):
+    """Alias expansion went past MAX_NODES: stop building at once."""
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(YAML_TAG):] if tag.startswith(YAML_TAG) else tag
+
+
 class _Builder:
-    """Turns a composed YAML node tree into Python values, recording origins."""
+    """Turns a composed YAML node tree into Python values, recording origins.
+
+    Every value is built afresh (aliases included), so no two paths share a mutable object.
+    """
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.origins: dict[SpecPath, Origin] = {}
         self.problems: list[Problem] = []
         self.constructor = yaml.constructor.SafeConstructor()
+        self.nodes = 0
+        self.active: set[int] = set()  # ids of the collection nodes being built (recursive aliases)
 
     def origin(self, node: yaml.Node, at: SpecPath = ()) -> Origin:
         mark = node.start_mark
         return Origin(self.file, mark.line + 1, mark.column + 1, at)
 
+    def problem(self, message: str, path: SpecPath, node: yaml.Node, expected: str | None = None,
+                found: str | None = None) -> None:
+        self.problems.append(Problem(message, format_path(path), self.origin(node), expected, found))
+
     def build(self, node: yaml.Node, path: SpecPath, origin: Origin) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooLarge
         self.origins[path] = origin
-        if isinstance(node, yaml.MappingNode):
-            self.constructor.flatten_mapping(node)
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.constructor.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    self.problems.append(
-                        Problem("mapping keys must be strings", format_path(path), self.origin(key_node),
-                                expected="a string key", found=repr(key))
-                    )
-                    key = str(key)
-                if key in out:
-                    self.problems.append(
-                        Problem(f"duplicate key {key!r}", format_path((*path, key)), self.origin(key_node),
-                                expected="each key once in a mapping")
-                    )
-                out[key] = self.build(value_node, (*path, key), self.origin(key_node, (*path, key)))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), self.origin(item, (*path, i))) for i, item in enumerate(node.value)]
-        try:
-            return self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:  # e.g. a bad timestamp
-            self.problems.append(Problem(f"cannot read value: {exc}", format_path(path), self.origin(node)))
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if len(path) >= MAX_DEPTH:
+            self.problem("nested too deeply", path, node, expected=f"at most {MAX_DEPTH} levels")
             return None
+        if id(node) in self.active:
+            self.problem("recursive alias: a value that contains itself", path, node,
+                         expected="an alias (*name) outside the value its anchor (&name) is on")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                if node.tag != _MAP_TAG:
+                    self.problem(f"unsupported YAML tag {_short_tag(node.tag)}", path, node, expected="a plain mapping")
+                    return None
+                return self.mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    self.problem(f"unsupported YAML tag {_short_tag(node.tag)}", path, node, expected="a plain list")
+                    return None
+                return [self.build(item, (*path, i), self.origin(item, (*path, i)))
+                        for i, item in enumerate(node.value)]
+        finally:
+            self.active.discard(id(node))
+        self.problem("unreadable YAML node", path, node)  # pragma: no cover - composer yields only the above
+        return None
+
+    def scalar(self, node: yaml.ScalarNode, path: SpecPath) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            self.problem(f"unsupported YAML tag {_short_tag(node.tag)}", path, node,
+                         expected="a string, number, boolean, null or date")
+            return None
+        if node.tag in (YAML_TAG + "int", YAML_TAG + "float") and len(node.value) > MAX_NUMBER_CHARS:
+            self.problem("number too large", path, node, found=f"{len(node.value)} characters")
+            return None
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except Exception as exc:  # any constructor failure (bad date, !!int xyz) is bad input
+            what = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+            self.problem(f"cannot read value: {what}", path, node, found=repr(node.value)[:60])
+            return None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            self.problem("number too large", path, node, found=f"{len(node.value)} characters")
+            return None
+        return value
+
+    def key(self, key_node: yaml.Node, path: SpecPath) -> str | None:
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
+            self.problem("mapping keys must be strings", path, key_node, expected="a string key", found=f"a {kind}")
+            return None
+        key = self.scalar(key_node, path)
+        if key is None and key_node.tag != YAML_TAG + "null":
+            return None  # already reported
+        if not isinstance(key, str):
+            self.problem("mapping keys must be strings", path, key_node, expected="a string key (quote it)",
+                         found=repr(key))
+            return None
+        return key
+
+    def mapping(self, node: yaml.MappingNode, path: SpecPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        sources: list[yaml.Node] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *anchor` or `<<: [*a, *b]`
+                items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for item in items:
+                    if isinstance(item, yaml.MappingNode):
+                        sources.append(item)
+                    else:
+                        self.problem("`<<` merges a mapping or a list of mappings", path, item,
+                                     expected="<<: *anchor or <<: [*a, *b]")
+            else:
+                own.append((key_node, value_node))
+        # Merged keys first, earlier sources winning over later ones; the mapping's own keys override them.
+        for source in reversed(sources):
+            if id(source) in self.active:
+                self.problem("recursive alias: a value that contains itself", path, source,
+                             expected="an alias (*name) outside the value its anchor (&name) is on")
+                continue
+            self.active.add(id(source))
+            try:
+                pairs = [(k, v) for k, v in source.value if k.tag != _MERGE_TAG]
+                nested = [(k, v) for k, v in source.value if k.tag == _MERGE_TAG]
+                built = self.mapping(source, path) if nested else None
+            finally:
+                self.active.discard(id(source))
+            if built is not None:
+                for k, v in built.items():
+                    self._replace(out, path, k)
+                    out[k] = v
+                continue
+            for key_node, value_node in pairs:
+                key = self.key(key_node, path)
+                if key is None:
+                    continue
+                self._replace(out, path, key)
+                out[key] = self.build(value_node, (*path, key), self.origin(key_node, (*path, key)))
+        seen: set[str] = set()
+        for key_node, value_node in own:
+            key = self.key(key_node, path)
+            if key is None:
+                continue
+            if key in seen:
+                self.problem(f"duplicate key {key!r}", (*path, key), key_node, expected="each key once in a mapping")
+            seen.add(key)
+            self._replace(out, path, key)
+            out[key] = self.build(value_node, (*path, key), self.origin(key_node, (*path, key)))
+        return out
+
+    def _replace(self, out: dict[str, Any], path: SpecPath, key: str) -> None:
+        """Forget the origins under a key about to be written again (merge override, duplicate)."""
+        if key not in out:
+            return
+        sub = (*path, key)
+        n = len(sub)
+        for p in [p for p in self.origins if len(p) > n and p[:n] == sub]:
+            del self.origins[p]
+
+
+def _offset_origin(file: str, text: str, position: int, in_bytes: bool) -> Origin:
+    """Line and column of a character (or, from libyaml, byte) offset into `text`."""
+    if in_bytes:
+        prefix = text.encode("utf-8", "surrogatepass")[:position].decode("utf-8", "replace")
+    else:
+        prefix = text[:position]
+    return Origin(file, prefix.count("\n") + 1, len(prefix) - (prefix.rfind("\n") + 1) + 1)
 
 
 def parse_text(text: str, file: str) -> Layer:
     """Parse YAML/JSON text; raise SpecError with line and column on malformed input."""
+    loader = _JsonLoader if file.lower().endswith(".json") else _Loader
     try:
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         origin = Origin(file, mark.line + 1, mark.column + 1) if mark else Origin(file, 1)
         what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         raise SpecError([Problem(f"malformed YAML: {what}", "", origin)]) from None
+    except yaml.reader.ReaderError as exc:  # e.g. a NUL or another control character
+        position = exc.position if isinstance(exc.position, int) else 0
+        origin = _offset_origin(file, text, position, _C_LOADER)
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SpecError([Problem(f"unreadable text: character {char}: {exc.reason}", "", origin,
+                                 expected="printable text (write control characters as escapes in quotes)")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(f"malformed YAML: {exc}", "", Origin(file, 1))]) from None
-    except ValueError as exc:  # e.g. unpaired surrogates or NUL bytes
+    except UnicodeError as exc:  # unpaired surrogates
+        origin = _offset_origin(file, text, exc.start, False) if isinstance(exc, UnicodeEncodeError) else Origin(
+            file, 1)
+        raise SpecError([Problem(f"unreadable text: {exc.reason}", "", origin)]) from None
+    except (ValueError, RecursionError) as exc:  # pure-Python loader: deep nesting; anything else odd
         raise SpecError([Problem(f"unreadable text: {exc}", "", Origin(file, 1))]) from None
     nodes = [n for n in nodes if n is not None]
     if len(nodes) > 1:
         raise SpecError([Problem("a spec file holds one YAML document; found several", "",
-                                 Origin(file, nodes[1].start_mark.line + 1))])
+                                 Origin(file, nodes[1].start_mark.line + 1), expected="no `---` after the first "
+                                 "document")])
     if not nodes:
         return Layer(file, {}, {(): Origin(file, 1)})
     builder = _Builder(file)
-    data = builder.build(nodes[0], (), Origin(file, 1))
+    try:
+        data = builder.build(nodes[0], (), Origin(file, 1))
+    except _TooLarge:
+        raise SpecError([Problem("the document is too large once aliases are expanded", "", Origin(file, 1),
+                                 expected=f"at most {MAX_NODES} values")]) from None
     if builder.problems:
         raise SpecError(builder.problems)
     if not isinstance(data, dict):
+        what = _KINDS.get(type(data), type(data).__name__)
         raise SpecError([Problem("a spec file must be a mapping at the top", "", Origin(file, 1),
-                                 expected="a mapping (version:, hosts:, services: …)",
-                                 found=type(data).__name__)])
+                                 expected="a mapping (version:, hosts:, services: …)", found=what)])
     return Layer(file, data, builder.origins)
 
 
@@ -111,9 +279,17 @@ def load_file(path: str | Path, display: str | None = None) -> Layer:
     """Read and parse one spec file; a missing or unreadable file is a SpecError."""
     name = display or str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise SpecError([Problem("spec file not found", "", Origin(name, 0))]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([Problem(f"cannot read spec file: {exc}", "", Origin(name, 0))]) from None
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name…
+        raise SpecError([Problem(f"cannot read spec file: {getattr(exc, 'strerror', None) or exc}", "",
+                                 Origin(name, 0))]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        prefix = raw[: exc.start].decode("utf-8", "replace")
+        origin = Origin(name, prefix.count("\n") + 1, len(prefix) - (prefix.rfind("\n") + 1) + 1)
+        raise SpecError([Problem("the file is not UTF-8 text", "", origin, expected="UTF-8",
+                                 found=f"byte 0x{raw[exc.start]:02x}")]) from None
     return parse_text(text, name)

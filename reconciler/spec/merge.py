@@ -46,6 +46,7 @@ def _merge_into(target: dict[str, Any], layer_data: dict[str, Any], base: SpecPa
             continue
         if old is not _MISSING:
             prev = merged.origins.get(path)
+            _drop_under(merged.overridden, path)  # what the replaced subtree overrode is gone with it
             if prev is not None:
                 merged.overridden.setdefault(path, []).append((prev, old))
             _drop_under(merged.origins, path)
@@ -74,38 +75,47 @@ def apply_defaults(merged: Merged) -> None:
     services = merged.data.get("services")
     if not isinstance(defaults, dict) or not isinstance(services, dict):
         return
+    default_origins = [(p[1:], o) for p, o in merged.origins.items() if p[:1] == ("defaults",) and len(p) > 1]
+    default_overridden = [(p[1:], v) for p, v in merged.overridden.items() if p[:1] == ("defaults",) and len(p) > 1]
+    own: dict[Any, dict[SpecPath, Origin]] = {}  # each service's own origins below it, found in one pass
+    for p, o in merged.origins.items():
+        if len(p) > 2 and p[0] == "services":
+            own.setdefault(p[1], {})[p] = o
     for name, svc in list(services.items()):
         if not isinstance(svc, dict):
             continue
         base = ("services", name)
         result = copy.deepcopy(defaults)
-        origins = {(*base, *p[1:]): o for p, o in merged.origins.items() if p[:1] == ("defaults",) and p}
-        overridden = {(*base, *p[1:]): list(v) for p, v in merged.overridden.items() if p[:1] == ("defaults",)}
-        _overlay(result, svc, base, merged, origins, overridden)
+        origins = {(*base, *p): o for p, o in default_origins}
+        overridden = {(*base, *p): list(v) for p, v in default_overridden}
+        svc_origins = own.get(name, {})
+        _overlay(result, svc, base, merged, svc_origins, origins, overridden)
         services[name] = result
-        for p in [p for p in merged.origins if p[:2] == base and len(p) > 2]:
+        for p in svc_origins:
             del merged.origins[p]
-        merged.origins.update({p: o for p, o in origins.items() if len(p) > 2})
-        for p, v in overridden.items():
-            merged.overridden[p] = v
+        merged.origins.update(origins)
+        merged.overridden.update(overridden)
 
 
 def _overlay(target: dict[str, Any], svc: dict[str, Any], base: SpecPath, merged: Merged,
-             origins: dict[SpecPath, Origin], overridden: dict[SpecPath, list[tuple[Origin, Any]]]) -> None:
+             svc_origins: dict[SpecPath, Origin], origins: dict[SpecPath, Origin],
+             overridden: dict[SpecPath, list[tuple[Origin, Any]]]) -> None:
     for key, value in svc.items():
         path = (*base, key)
         old = target.get(key, _MISSING)
         if isinstance(old, dict) and isinstance(value, dict):
-            _overlay(old, value, path, merged, origins, overridden)
-            if path in merged.origins:
-                origins.setdefault(path, merged.origins[path])
+            _overlay(old, value, path, merged, svc_origins, origins, overridden)
+            if path in merged.origins:  # the service's own mapping is where its keys were written
+                origins[path] = merged.origins[path]
             continue
+        _drop_under(overridden, path)
         if old is not _MISSING and path in origins:
             overridden.setdefault(path, []).append((origins[path], old))
         _drop_under(origins, path)
         target[key] = value
-        for p, o in merged.origins.items():
-            if p[: len(path)] == path:
+        n = len(path)
+        for p, o in svc_origins.items():
+            if p[:n] == path:
                 origins[p] = o
         if path in merged.overridden:
             overridden.setdefault(path, []).extend(merged.overridden[path])
