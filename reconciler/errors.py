@@ -15,6 +15,8 @@ class Origin:
     at: tuple[str | int, ...] = field(default=(), compare=False)  # the spec path written there
 
     def __str__(self) -> str:
+        if self.line <= 0:   # the file itself (missing, unreadable)
+            return self.file
         return f"{self.file}:{self.line}" + (f":{self.col}" if self.col else "")
 
 

@@ -202,7 +202,7 @@ def test_explain_missing_path_is_a_clear_error():
     r = recon("explain", "nosuch.port", "-f", PLATFORM)
     assert r.returncode == 1 and "services.nosuch is not set in any file (expected one of ai-service" in r.stderr
     r = recon("explain", "orchestrator.port", "-f", "nope.yaml")
-    assert r.returncode == 1 and "nope.yaml:0: spec file not found" in r.stderr
+    assert r.returncode == 1 and "nope.yaml: spec file not found" in r.stderr
     assert "Traceback" not in r.stderr
 
 
