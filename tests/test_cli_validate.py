@@ -167,7 +167,7 @@ def test_validate_missing_and_non_utf8_files(tmp_path):
     latin.write_bytes(b"version: 1\n# caf\xe9\n")
     r = recon("validate", "-f", str(tmp_path / "nope.yaml"), "-f", str(latin))
     assert r.returncode == 1
-    assert f"{tmp_path / 'nope.yaml'}:0: spec file not found" in r.stderr
+    assert f"{tmp_path / 'nope.yaml'}: spec file not found" in r.stderr
     assert f"{latin}:2:6: the file is not UTF-8 text (expected UTF-8; found byte 0xe9)" in r.stderr
     assert "Traceback" not in r.stderr
 
