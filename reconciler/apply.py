@@ -289,14 +289,10 @@ class Applier:
             self.op(host, files.directory, path=str(Path(d.config_path).parent), mode="755")
         if not needs_files:
             return
-        self.op(host, files.directory, path=d.release_dir, mode="755")
         release_bin = d.binary_path
         if c.action in ("create", "replace") or any(f.path == "artifact.sha256" for f in c.fields):
-            data = self._artifact(d)
-            self.op(host, files.put, src=io.BytesIO(data), dest=release_bin, mode="755")
-            ok, out = self.sh(host, f"sha256sum {shlex.quote(release_bin)} | cut -c1-64")
-            if not ok or out.strip() != d.sha256:
-                raise ReconError(f"artifact on the host has sha256 {out.strip()[:64]!r}, expected {d.sha256}")
+            # files.put creates the release directory; the sha256 is checked on the host before switching
+            self.op(host, files.put, src=io.BytesIO(self._artifact(d)), dest=release_bin, mode="755")
         cfg_in_release = f"{d.release_dir}/{d.service}.toml"
         unit_in_release = f"{d.release_dir}/{d.unit_name}"
         if c.action in ("update", "reload"):
@@ -331,6 +327,8 @@ class Applier:
             d = desired[c.service]
             q = shlex.quote
             parts.append(
+                f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet - || "
+                f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}; "
                 f"ln -sfn releases/{q(d.version)} {q(d.service_dir)}/.current.tmp && "
                 f"mv -Tf {q(d.service_dir)}/.current.tmp {q(d.service_dir)}/current && "
                 f"ln -sfn {q(d.service_dir + '/current/' + d.service + '.toml')} {q(d.config_path)} && "
