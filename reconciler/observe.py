@@ -33,6 +33,7 @@ class Target:
     env_path: str
     want_version: str | None = None
     health_url: str | None = None
+    user: str | None = None               # the service account (reported back in ObservedHost.users)
 
 
 @dataclass
@@ -120,7 +121,7 @@ emitf() { [ -f "$3" ] || return 0; printf '%s\t%s\t' "$1" "$2"; b64 < "$3"; prin
 sha() { [ -f "$1" ] && sha256sum < "$1" | cut -c1-64; }
 obs() {
   n=$1; d=$2; c=$3; u=$4; e=$5; v=$6
-  cur=$(readlink "$d/current" 2>/dev/null)
+  cur=$(readlink "$d/current" 2>/dev/null); cur=${cur%/}
   [ -n "$cur" ] && emit current "$n" "${cur##*/}"
   [ -d "$d/releases" ] && emit releases "$n" "$(ls -1 "$d/releases" 2>/dev/null)"
   [ -n "$cur" ] && emit bin_sha "$n" "$(sha "$d/releases/${cur##*/}/$n")"
@@ -133,11 +134,8 @@ obs() {
 health() {
   n=$1; url=$2
   systemctl is-active -q "$3" 2>/dev/null || return 0
-  if command -v curl >/dev/null 2>&1; then
-    out=$(curl -sS -m 3 -w '\n%{http_code}' "$url" 2>/dev/null)
-  else
-    out="$(printf '\n000')"
-  fi
+  command -v curl >/dev/null 2>&1 || return 0
+  out=$(curl -s -m 3 -w '\n%{http_code}' "$url" 2>/dev/null | tail -c 1024)
   emit health "$n" "$out"
 }
 """
@@ -157,7 +155,7 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
         lines.append(f'emit show - "$(systemctl show --no-pager -p {props} {units} 2>&1)"')
     lines.append('emit unit_files - "$(cd /etc/systemd/system 2>/dev/null && ls -1d provisioning-*.service '
                  '2>/dev/null)"')
-    users = sorted({"provisioning"})
+    users = sorted({t.user for t in targets if t.user} | {"provisioning"})
     lines.append('emit users - "$(getent passwd ' + " ".join(q(u) for u in users) + ' | cut -d: -f1)"')
     lines.append(_cmdlines(targets))
     health_lines = [f"health {q(t.service)} {q(t.health_url)} {q(t.unit_name)} &" for t in targets if t.health_url]
@@ -210,6 +208,8 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if not line.strip():
             continue
         parts = line.split("\t")
+        if (not seen_protocol and (len(parts) != 3 or parts[0] != "protocol")) or seen_end:
+            continue   # a login banner or shell start-up/logout noise around recon's answer
         if len(parts) != 3:
             raise ObserveError(f"line {lineno} of the host's answer is not recon's protocol: {line[:80]!r}")
         key, name, payload = parts

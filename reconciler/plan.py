@@ -37,7 +37,8 @@ LIVE_PROPS = (("MemoryMax", "MemoryMax"), ("MemoryHigh", "MemoryHigh"), ("TasksM
 # Unit keys whose systemd default is "no limit" (TasksMax defaults to DefaultTasksMax instead).
 _UNLIMITED_BY_DEFAULT = frozenset({"MemoryMax", "MemoryHigh", "CPUQuota"})
 _INFINITY = "infinity"
-_RUNTIME_PATHS = ("state", "health", "running_version", "enabled")
+# Run-time fields, the first present decides: the first four need a restart, "enabled" only `enable`.
+_RUNTIME_PATHS = ("state", "health", "running_version", "last_apply", "enabled")
 
 
 @dataclass
@@ -233,6 +234,7 @@ def _timespan_usec(text: str) -> int | None:
     return round(total)
 
 
+@lru_cache(maxsize=1024)
 def _norm_unit_value(key: str, value: str) -> int | str | None:
     """A unit file's limit as systemd reports it at run time: bytes, µs per s, a count, `infinity`,
     or None when it cannot be compared (percentages of RAM, odd syntax)."""
@@ -256,6 +258,7 @@ def _norm_unit_value(key: str, value: str) -> int | str | None:
     return b if isinstance(b, int) else None
 
 
+@lru_cache(maxsize=1024)
 def _norm_live(prop: str, value: str) -> int | str | None:
     if value == _INFINITY:
         return _INFINITY
@@ -264,14 +267,35 @@ def _norm_live(prop: str, value: str) -> int | str | None:
     return int(value) if value.isdigit() else None
 
 
+_LIMIT_KEYS = tuple(key for _, key in LIVE_PROPS)
 _LIMIT_LINE = re.compile(r"^[ \t]*(MemoryMax|MemoryHigh|TasksMax|CPUQuota)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M)
 
 
 @lru_cache(maxsize=4096)
 def unit_limits(unit_text: str) -> dict[str, tuple[str, int | str | None]]:
     """The run-time limits a unit text sets: unit key → (value as written, value as systemd reports it).
-    Cached per text, and found with one regex pass instead of parsing the whole unit (the converged
-    fast path reads it). The last assignment wins; an empty one resets the key, as in systemd."""
+
+    Cached per text, and found without parsing the whole unit (the converged fast path reads it).
+    The last assignment wins and an empty one resets the key, as in systemd. When the last mention
+    of each key is a plain `Key=value` line (units as recon renders them) str.rfind finds it; any
+    other layout (indented, `Key = value`, the key in a comment or in StartupMemoryMax=) is read
+    with a regex."""
+    out: dict[str, tuple[str, int | str | None]] = {}
+    for key in _LIMIT_KEYS:
+        i = unit_text.rfind(key)
+        if i < 0:
+            continue
+        start = i + len(key)
+        if (i and unit_text[i - 1] != "\n") or unit_text[start:start + 1] != "=":
+            return _unit_limits_slow(unit_text)
+        end = unit_text.find("\n", start)
+        value = (unit_text[start + 1:] if end < 0 else unit_text[start + 1:end]).strip()
+        if value:
+            out[key] = (value, _norm_unit_value(key, value))
+    return out
+
+
+def _unit_limits_slow(unit_text: str) -> dict[str, tuple[str, int | str | None]]:
     out: dict[str, tuple[str, int | str | None]] = {}
     for m in _LIMIT_LINE.finditer(unit_text):
         key, value = m.group(1), m.group(2)
@@ -388,7 +412,11 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
             return None
         return change
     if _fast_converged(d, o, salt):
-        return None
+        confirm = _unconfirmed(d, o, record, salt)
+        if confirm is None or refresh_only:
+            return None
+        return Change(d.address, d.host, d.service, "restart", _CONFIRM_REASON, "restart", fields=[confirm],
+                      from_version=o.current, to_version=d.version)
 
     fields: list[FieldChange] = []
     rec = record
@@ -432,6 +460,10 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     running = o.running_version
     if active == "active" and running is not None and running != d.version and o.current == d.version:
         fields.append(FieldChange("running_version", running, d.version, runtime_kind))
+    if not any(f.path in _RUNTIME_PATHS[:3] for f in fields):     # no restart planned yet
+        confirm = _unconfirmed(d, o, rec, salt)
+        if confirm is not None:
+            fields.append(confirm)
 
     # ignore_drift
     kept: list[FieldChange] = []
@@ -449,6 +481,32 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     action, effect, reason = _decide(d, o, kept)
     return Change(d.address, d.host, d.service, action, reason, effect, fields=kept,
                   drift=any(f.kind == "drift" for f in kept), from_version=o.current, to_version=d.version)
+
+
+_CONFIRM_REASON = "the last apply did not finish: restart to confirm it (health-gated)"
+
+
+def _unconfirmed(d: DesiredService, o: ObservedService, rec: ServiceRecord | None, salt: str
+                 ) -> FieldChange | None:
+    """The host has the spec's release and files, but recon's record says the apply that put them there
+    did not finish (`in-progress`: killed between switching and the health check), or it records other
+    files (killed after writing them, before recording). Whether the running process loaded them is
+    unknown: a confirming restart, health-gated, settles it. Without a record (a host set up by hand)
+    there is nothing to confirm."""
+    if rec is None or rec.status not in ("in-progress", "applied"):
+        return None
+    want_env = d.secrets_hash(salt)
+    if not (o.current == d.version and o.binary_sha == d.sha256 and o.config_text == d.config_text
+            and o.unit_text == d.unit_text and o.env_hash == want_env):
+        return None                      # the files differ: the plan changes them (and restarts) anyway
+    if rec.status == "in-progress":
+        return FieldChange("last_apply", "interrupted", "confirmed")
+    # (the recorded env_hash is not compared: state written by a first apply salted it with another
+    # lineage than the one saved, see pipeline.prepare, so it would ask for a needless restart)
+    if (rec.version, rec.sha256, rec.config_text, rec.unit_text) == (d.version, d.sha256, d.config_text,
+                                                                     d.unit_text):
+        return None
+    return FieldChange("last_apply", "not recorded", "confirmed")
 
 
 def _config_fields(d: DesiredService, o: ObservedService, rec: ServiceRecord | None) -> list[FieldChange]:
@@ -533,7 +591,9 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
         return "update", "restart", _reason(file_fields, words) + drift_note
     if live_fields and not runtime:
         return "update", "daemon-reload", _reason(live_fields, words) + " (set at run time)"
-    f = runtime[0]
+    f = min(runtime, key=lambda x: _RUNTIME_PATHS.index(x.path))
+    if f.path == "last_apply":
+        return "restart", "restart", _CONFIRM_REASON
     if f.path == "state":
         return "restart", "restart", f"unit is {f.before}"
     if f.path == "health":

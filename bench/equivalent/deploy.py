@@ -63,7 +63,7 @@ def secrets_text(svc: dict) -> bytes:
 
 def jinja(text: str) -> str:
     for key, value in host_vars.items():
-        text = text.replace("{{ %s }}" % key, value)
+        text = text.replace("{{ " + key + " }}", value)
     return text
 
 
@@ -95,6 +95,8 @@ for svc in services:
     if svc["env_path"]:
         ops.append(files.put(name=f"{name}: secrets", src=io.BytesIO(secrets_text(svc)),
                              dest=svc["env_path"], user="root", group="root", mode=modes["env"]))
+    ops.append(files.put(name=f"{name}: unit (release)", src=str(RENDERED / svc["unit_file"]),
+                         dest=svc["unit_release_path"], user="root", group="root", mode=modes["unit"]))
     unit = files.put(name=f"{name}: unit", src=str(RENDERED / svc["unit_file"]), dest=svc["unit_path"],
                      user="root", group="root", mode=modes["unit"])
     ops.append(unit)

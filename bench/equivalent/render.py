@@ -13,7 +13,8 @@ spec change; the equivalents then need neither recon nor its venv. Default spec:
                          (`{address}`, `{host}` in the spec) become `{{ bench_address }}` /
                          `{{ bench_host }}`; rendered with a host's address it is byte-identical
                          to recon's file for that host
-  {unit_name}            the systemd unit recon renders (host-independent; checked)
+  {unit_name}            the systemd unit recon renders (host-independent; checked); installed
+                         in the release directory and copied to /etc/systemd/system
 
 Secrets are never rendered: the manifest names them, each equivalent reads `BENCH_{NAME}` from its
 own environment at run time (VAULT_TOKEN -> BENCH_VAULT_TOKEN).
@@ -148,6 +149,7 @@ def render(spec_files: list[str], out: Path) -> dict:
             "config_link_target": f"{d.service_dir}/current/{name}.toml",
             "unit_name": d.unit_name,
             "unit_file": d.unit_name,
+            "unit_release_path": f"{d.release_dir}/{d.unit_name}",   # kept with the release
             "unit_path": d.unit_path,
             "env_path": d.env_path if d.secret_names else None,
             "secrets": [{"name": n, "env": f"BENCH_{n}"} for n in d.secret_names],
