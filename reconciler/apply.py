@@ -403,6 +403,7 @@ class Applier:
                 old_unit = self._read_text(host, d.unit_path)
                 old_cfg = self._read_text(host, d.config_path)
                 self.set_status(host, c.service, "rolled-back", version=prev,
+                                sha256=self._binary_sha(host, d.service_dir, prev, d.service),
                                 unit_text=old_unit, unit_sha=sha256_text(old_unit),
                                 config_text=old_cfg, config_sha=sha256_text(old_cfg),
                                 previous_version=None if prev != d.version else rec.previous_version)
@@ -412,6 +413,10 @@ class Applier:
             self.set_status(host, c.service, "failed")
             self.emit("fail", host, c.service, f"rollback to {prev} failed: {detail2}", wave)
             self.outcome(c, "failed", f"{detail}; rollback to {prev} failed: {detail2}")
+
+    def _binary_sha(self, host: str, service_dir: str, version: str, service: str) -> str:
+        res = self.session.run(host, f"sha256sum {shlex.quote(f'{service_dir}/releases/{version}/{service}')}")
+        return res.stdout.split()[0] if res.ok and res.stdout.strip() else ""
 
     def _read_text(self, host: str, path: str) -> str:
         res = self.session.run(host, f"cat {shlex.quote(path)}")
@@ -447,7 +452,8 @@ class Applier:
             with self.lock:
                 rec = self.state.record(c.host, c.service)
                 fields = {"version": target, "unit_text": unit, "unit_sha": sha256_text(unit), "config_text": cfg,
-                          "config_sha": sha256_text(cfg), "previous_version": current}
+                          "config_sha": sha256_text(cfg), "previous_version": current,
+                          "sha256": self._binary_sha(c.host, d.service_dir, target, d.service)}
                 if rec is None:
                     self.record(d, "applied", current, version=target)
                 self.set_status(c.host, c.service, "applied", **fields)

@@ -97,6 +97,7 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     store = StateStore(state_dir(state_option))
     state = store.load()
     salt = state.lineage or store.lineage()
+    state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
     desired = desired_state(spec, secret_lookup)
     return Run(spec, store, state, salt, desired,
                targets=with_dependencies(spec, targets) if targets else None,

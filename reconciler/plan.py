@@ -151,28 +151,33 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _diff_tree(before: Mapping[str, Any], after: Mapping[str, Any], keys: tuple[str, ...],
-               out: list[tuple[tuple[str, ...], Any, Any]]) -> None:
-    """Per key what differs; tables are followed into, any other value (arrays too) compares whole."""
-    for k in before.keys() | after.keys():
-        here = (*keys, k)
-        if k not in after:
-            out.append((here, before[k], None))
-        elif k not in before:
-            out.append((here, None, after[k]))
-        else:
-            b, a = before[k], after[k]
-            if isinstance(b, dict) and isinstance(a, dict):
-                _diff_tree(b, a, here, out)
-            elif not _same(b, a):
-                out.append((here, b, a))
-
-
 def _config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Any, Any]]:
-    out: list[tuple[tuple[str, ...], Any, Any]] = []
-    _diff_tree(before, after, (), out)
-    out.sort(key=lambda x: x[0])
-    return out
+    """The field detail of two configs that differ, by DeepDiff (imported only when needed): per TOML
+    key path; tables are followed into, arrays are reported whole; types are strict (8, "8", 8.0 differ)."""
+    from deepdiff import DeepDiff
+
+    diff = DeepDiff(dict(before), dict(after), threshold_to_diff_deeper=0, view="tree")
+    found: dict[tuple[str, ...], tuple[Any, Any]] = {}
+    for items in diff.values():
+        for item in items:
+            keys: list[str] = []
+            for part in item.path(output_format="list"):
+                if not isinstance(part, str):
+                    break          # inside an array: the array is the value that changed
+                keys.append(part)
+            key = tuple(keys)
+            if key and key not in found:
+                found[key] = (_at(before, key), _at(after, key))
+    return sorted(((k, b, a) for k, (b, a) in found.items()), key=lambda x: x[0])
+
+
+def _at(tree: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    node: Any = tree
+    for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+            return None
+        node = node[k]
+    return node
 
 
 def config_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -501,10 +506,8 @@ def _unconfirmed(d: DesiredService, o: ObservedService, rec: ServiceRecord | Non
         return None                      # the files differ: the plan changes them (and restarts) anyway
     if rec.status == "in-progress":
         return FieldChange("last_apply", "interrupted", "confirmed")
-    # (the recorded env_hash is not compared: state written by a first apply salted it with another
-    # lineage than the one saved, see pipeline.prepare, so it would ask for a needless restart)
-    if (rec.version, rec.sha256, rec.config_text, rec.unit_text) == (d.version, d.sha256, d.config_text,
-                                                                     d.unit_text):
+    if (rec.version, rec.sha256, rec.config_text, rec.unit_text, rec.env_hash) == (
+            d.version, d.sha256, d.config_text, d.unit_text, want_env):
         return None
     return FieldChange("last_apply", "not recorded", "confirmed")
 
