@@ -156,7 +156,8 @@ def _config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tu
     key path; tables are followed into, arrays are reported whole; types are strict (8, "8", 8.0 differ)."""
     from deepdiff import DeepDiff
 
-    diff = DeepDiff(dict(before), dict(after), threshold_to_diff_deeper=0, view="tree")
+    diff = DeepDiff(dict(before), dict(after), threshold_to_diff_deeper=0, ignore_private_variables=False,
+                    view="tree")
     found: dict[tuple[str, ...], tuple[Any, Any]] = {}
     for items in diff.values():
         for item in items:
@@ -166,7 +167,11 @@ def _config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tu
                     break          # inside an array: the array is the value that changed
                 keys.append(part)
             key = tuple(keys)
-            if key and key not in found:
+            if not key:            # DeepDiff reported the whole config: name its top-level keys
+                for k in before.keys() | after.keys():
+                    if not _same(before.get(k), after.get(k)) or (k in before) != (k in after):
+                        found.setdefault((k,), (before.get(k), after.get(k)))
+            elif key not in found:
                 found[key] = (_at(before, key), _at(after, key))
     return sorted(((k, b, a) for k, (b, a) in found.items()), key=lambda x: x[0])
 
