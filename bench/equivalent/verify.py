@@ -7,7 +7,8 @@ Run with recon's venv. For each host (reached with the harness's nsenter `exec`,
 service it compares against recon's own `reconciler.desired` output for that host's address: sha256 of
 the artifact, the release config, the unit (in the release and in /etc/systemd/system) and the
 EnvironmentFile; the `current` and config symlinks; owner/group/mode of each file and directory; the
-service account; unit enabled + active; and the /health answer (HTTP 200). Prints one line per host, the differences if any; exit 1 on any difference.
+service account; unit enabled + active; and the /health answer (HTTP 200). Prints one line per host,
+the differences if any; exit 1 on any difference.
 """
 
 from __future__ import annotations
