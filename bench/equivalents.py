@@ -26,6 +26,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -113,7 +114,29 @@ def ansible_changes(stdout: str, n_hosts: int) -> int:
     return sum(int(r[2]) for r in rows)
 
 
+def recon_hosts_file(hosts: TestHosts, addresses: list[str], n: int) -> Path:
+    """A spec layer that points the platform at the N test hosts, all hosts in one batch."""
+    import yaml
+
+    names = [f"node{i}" for i in range(1, n + 1)]
+    doc = {"version": 1,
+           "hosts": {name: {"address": a, "user": "root", "ssh_key": str(hosts.key),
+                            "known_hosts": str(hosts.known_hosts)} for name, a in zip(names, addresses, strict=True)},
+           "defaults": {"hosts": names, "rollout": {"batch_size": "100%", "max_failures": 0}}}
+    path = Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def tool_commands(tool: str, inventory: str) -> dict[str, list[str]]:
+    if tool == "recon":
+        n = inventory.rsplit("-", 1)[1].split(".")[0]
+        state = Path(os.environ["TESTHOSTS_DIR"]) / f"recon-state-{n}"
+        files = ["-f", str(REPO / "specs/platform.yaml"), "-f", str(REPO / "specs/overrides/local.yaml"),
+                 "-f", str(Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml"), "--state", str(state)]
+        recon = [sys.executable, "-m", "reconciler"]
+        return {"apply": [*recon, "apply", *files, "--auto-approve", "--no-color"],
+                "dry": [*recon, "plan", *files, "--detailed-exitcode", "--no-color"]}
     if tool.startswith("pyinfra"):
         base = [str(PYINFRA), "--json", str(EQ / "inventory.py"), str(EQ / "deploy.py")]
         return {"apply": [base[0], "-y", *base[1:]], "dry": [*base, "--dry"]}
@@ -137,6 +160,10 @@ def bench_tool(tool: str, n: int, converged_runs: int, logdir: Path, spec) -> di
     inventory = str(Path(os.environ["TESTHOSTS_DIR"]) / f"inventory-{n}.yml")
     subprocess.run([sys.executable, str(EQ / "ansible_inventory.py"), "--write", inventory], env=env,
                    check=True)
+    if tool == "recon":
+        recon_hosts_file(hosts, addresses, n)
+        shutil.rmtree(Path(os.environ["TESTHOSTS_DIR"]) / f"recon-state-{n}", ignore_errors=True)
+        env["VAULT_TOKEN"] = env["BENCH_VAULT_TOKEN"]
     cmds = tool_commands(tool, inventory)
     tag = f"{tool}-{n}"
     out: dict = {"tool": tool, "hosts": n, "fresh_apply_s": None, "converged_dry_s": None,
@@ -150,6 +177,9 @@ def bench_tool(tool: str, n: int, converged_runs: int, logdir: Path, spec) -> di
 
 def _bench_runs(tool, n, converged_runs, logdir, spec, hosts, env, cmds, tag, out) -> dict:
     def changes(stdout: str, dry: bool) -> int:
+        if tool == "recon":   # `plan --detailed-exitcode` exits 2 (a failed run) when anything would change
+            m = re.search(r"Apply complete: (\d+) created", stdout)
+            return int(m.group(1)) if m else 0
         if tool.startswith("pyinfra"):
             return pyinfra_changes(stdout, dry)
         return ansible_changes(stdout, n)
@@ -189,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, action="append", help="host count (repeatable; default 1)")
     ap.add_argument("--tools", default="pyinfra,ansible",
-                    help="comma list of pyinfra, pyinfra+nodelay, ansible (default pyinfra,ansible)")
+                    help="comma list of recon, pyinfra, pyinfra+nodelay, ansible (default pyinfra,ansible)")
     ap.add_argument("--converged-runs", type=int, default=3)
     ap.add_argument("--logdir", default=None, help="default: $TESTHOSTS_DIR-logs")
     ap.add_argument("--json", dest="json_out", help="also write the raw figures here")
@@ -223,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| tool | hosts | fresh apply | converged dry-run (no changes) | converged apply | load avg before |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        dry = "`--dry`" if r["tool"].startswith("pyinfra") else "`--check`"
+        dry = {"recon": "`plan`"}.get(r["tool"]) or ("`--dry`" if r["tool"].startswith("pyinfra") else "`--check`")
         to = r.get("timed_out_after_s")
         print(f"| {r['tool']} | {r['hosts']} | {fmt(r['fresh_apply_s'], to)} | "
               f"{fmt(r['converged_dry_s'], to)} ({dry}) | {fmt(r['converged_apply_s'], to)} | "

@@ -283,7 +283,7 @@ class Applier:
         if c.action == "create" or not self._host_prepared(host, d):
             self.op(host, server.group, group=d.group, system=True)
             self.op(host, server.user, user=d.user, group=d.group, system=True, shell="/usr/sbin/nologin",
-                    ensure_home=False, create_home=False)
+                    home="/nonexistent", ensure_home=False, create_home=False)
             self.prepared.add((host, d.user))
             self.op(host, files.directory, path=d.data_dir, user=d.user, group=d.group, mode="750")
             self.op(host, files.directory, path=str(Path(d.config_path).parent), mode="755")
