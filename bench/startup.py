@@ -38,6 +38,8 @@ REQUIRED_ABSENT = ("pyinfra", "deepdiff", "paramiko")
 RECON_CMDS: list[tuple[str, list[str]]] = [
     ("recon --help", [str(RECON), "--help"]),
     (f"recon validate -f {SPEC}", [str(RECON), "validate", "-f", SPEC]),
+    (f"recon validate -f {SPEC} (cold: RECON_NO_CACHE=1)",
+     ["env", "RECON_NO_CACHE=1", str(RECON), "validate", "-f", SPEC]),
     (f"recon explain orchestrator.limits.memory_max -f {SPEC} -f {OVERRIDE}",
      [str(RECON), "explain", "orchestrator.limits.memory_max", "-f", SPEC, "-f", OVERRIDE]),
 ]
