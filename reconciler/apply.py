@@ -81,6 +81,16 @@ def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> byte
     return data
 
 
+def record_of(d: DesiredService, salt: str, status: str, previous: str | None, serial: int) -> ServiceRecord:
+    """The state record of a desired service as recon installs it (secrets only as a salted fingerprint)."""
+    return ServiceRecord(
+        version=d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
+        env_hash=d.secrets_hash(salt), config_text=d.config_text, unit_text=d.unit_text,
+        service_dir=d.service_dir, config_path=d.config_path, unit_name=d.unit_name, env_path=d.env_path,
+        depends_on=list(d.depends_on), previous_version=previous, status=status, applied_at=now_iso(),
+        serial=serial)
+
+
 class Applier:
     """Carries out one plan. `session` is an open `transport.Session` (its pyinfra State is reused)."""
 
@@ -128,12 +138,9 @@ class Applier:
     # --- state -----------------------------------------------------------------------------------
     def record(self, d: DesiredService, status: str, previous: str | None, version: str | None = None) -> None:
         with self.lock:
-            rec = ServiceRecord(
-                version=version or d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
-                env_hash=d.secrets_hash(self.run.salt), config_text=d.config_text, unit_text=d.unit_text,
-                service_dir=d.service_dir, config_path=d.config_path, unit_name=d.unit_name,
-                env_path=d.env_path, depends_on=list(d.depends_on), previous_version=previous, status=status,
-                applied_at=now_iso(), serial=self.state.serial + 1)
+            rec = record_of(d, self.run.salt, status, previous, self.state.serial + 1)
+            if version:
+                rec.version = version
             self.state.hosts.setdefault(d.host, {})[d.service] = rec
             self.store.save(self.state)
 

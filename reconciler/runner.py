@@ -79,7 +79,7 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
 def settle_records(run: Any, plan: Plan) -> None:
     """Services that need no change are recorded as applied: a crash after the host converged but
     before the record was written, or a host set up to match the spec, leaves state that now agrees."""
-    from reconciler.state import ServiceRecord, now_iso
+    from reconciler.apply import record_of
 
     changed = {c.address for c in plan.changes} | set(plan.ignored_drift)
     dirty = False
@@ -96,12 +96,8 @@ def settle_records(run: Any, plan: Plan) -> None:
                                               and rec.version == d.version and rec.unit_sha == d.unit_sha
                                               and rec.config_sha == d.config_sha):
                 continue
-            run.state.hosts.setdefault(host, {})[name] = ServiceRecord(
-                version=d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
-                env_hash=d.secrets_hash(run.salt), config_text=d.config_text, unit_text=d.unit_text,
-                service_dir=d.service_dir, config_path=d.config_path, unit_name=d.unit_name, env_path=d.env_path,
-                depends_on=list(d.depends_on), previous_version=rec.previous_version if rec else None,
-                status="applied", applied_at=now_iso(), serial=run.state.serial + 1)
+            run.state.hosts.setdefault(host, {})[name] = record_of(
+                d, run.salt, "applied", rec.previous_version if rec else None, run.state.serial + 1)
             dirty = True
     if dirty:
         run.store.save(run.state)
