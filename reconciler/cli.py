@@ -395,9 +395,5 @@ def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -
     sys.exit(code)
 
 
-def run() -> None:  # pragma: no cover - entry point for python -m
-    main()
-
-
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    main()

@@ -14,11 +14,10 @@ if not monkey.is_module_patched("socket"):
     monkey.patch_all()
 
 import contextlib
-import io
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,19 +160,6 @@ class Session:
                 if name in self.by_name}
         gevent.joinall(list(jobs.values()))
         return {name: job.value for name, job in jobs.items()}
-
-    def put(self, name: str, data: bytes, dest: str, mode: str = "644") -> bool:
-        """Upload bytes to a path (through pyinfra's connector file transfer)."""
-        host = self.by_name[name]
-        self.commands[name] = self.commands.get(name, 0) + 1
-        ok = host.put_file(io.BytesIO(data), dest)
-        return bool(ok)
-
-    def each(self, names: Iterable[str], fn: Callable[[str], Any]) -> dict[str, Any]:
-        """Call fn(host) for each host concurrently; exceptions are returned as values."""
-        jobs = {n: gevent.spawn(fn, n) for n in names}
-        gevent.joinall(list(jobs.values()))
-        return {n: (j.value if j.successful() else j.exception) for n, j in jobs.items()}
 
 
 def _forget_known_hosts_cache() -> None:
