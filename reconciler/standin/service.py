@@ -328,6 +328,9 @@ class Handler(BaseHTTPRequestHandler):
     state: State  # set on the subclass built in serve()
 
     def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+        # Count before answering: a client that reads /metrics right after this
+        # response must already see this request.
+        self.state.count_request(self.command, self.path.split("?", 1)[0], code)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -337,7 +340,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.state.count_request(self.command, self.path.split("?", 1)[0], code)
 
     def _json(self, code: int, payload: Any, extra: dict[str, str] | None = None) -> None:
         body = (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
