@@ -19,7 +19,7 @@ SHOW_PROPS = (
     "NeedDaemonReload", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestamp", "FragmentPath",
     "DropInPaths",
 )
-PROTOCOL = "recon-observe/1"
+PROTOCOL = "recon-observe/2"
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ class Target:
 @dataclass
 class Health:
     code: int | None
-    body: str = ""
 
     @property
     def ok(self) -> bool:
@@ -57,7 +56,6 @@ class ObservedService:
     binary_sha: str | None = None          # sha256 of current release's binary
     want_binary_sha: str | None = None     # sha256 of the desired version's binary, if already there
     config_text: str | None = None
-    config_link: str | None = None
     unit_text: str | None = None
     env_hash: str | None = None
     props: dict[str, str] = field(default_factory=dict)
@@ -115,69 +113,80 @@ class ObservedHost:
 
 _PRELUDE = r"""set +e
 LC_ALL=C; export LC_ALL
-b64() { base64 -w0 2>/dev/null || base64 | tr -d '\n'; }
-emit() { _l="$1	$2	$(printf '%s' "$3" | b64)"; printf '%s\n' "$_l"; }
-emitf() { [ -f "$3" ] || return 0; printf '%s\t%s\t' "$1" "$2"; b64 < "$3"; printf '\n'; }
-sha() { [ -f "$1" ] && sha256sum < "$1" | cut -c1-64; }
+NL='
+'
+meta=; bins=; files=; pids=; urls=
+rec() { meta="$meta$1	$2	$3$NL"; }
+block() { printf '%s\t-\t' "$1"; base64 -w0; printf '\n'; }
 obs() {
-  n=$1; d=$2; c=$3; u=$4; e=$5; v=$6
-  cur=$(readlink "$d/current" 2>/dev/null); cur=${cur%/}
-  [ -n "$cur" ] && emit current "$n" "${cur##*/}"
-  [ -d "$d/releases" ] && emit releases "$n" "$(ls -1 "$d/releases" 2>/dev/null)"
-  [ -n "$cur" ] && emit bin_sha "$n" "$(sha "$d/releases/${cur##*/}/$n")"
-  [ -n "$v" ] && [ -f "$d/releases/$v/$n" ] && emit want_sha "$n" "$(sha "$d/releases/$v/$n")"
-  emitf config "$n" "$c"
-  [ -L "$c" ] && emit config_link "$n" "$(readlink "$c")"
-  emitf unit "$n" "/etc/systemd/system/$u"
-  [ -f "$e" ] && emit env_hash "$n" "$({ printf '%s\000' "$RECON_SALT"; cat "$e"; } | sha256sum | cut -c1-64)"
+  n=$1; d=$2; c=$3; u=$4; e=$5; v=$6; cur=
+  if cd -P "$d/current" 2>/dev/null; then cur=${PWD##*/}; cd /
+  elif [ -L "$d/current" ]; then cur=$(readlink "$d/current"); cur=${cur%/}; cur=${cur##*/}
+  fi
+  [ -n "$cur" ] && rec current "$n" "$cur"
+  for r in "$d"/releases/*/; do [ -d "$r" ] && r=${r%/} && rec release "$n" "${r##*/}"; done
+  [ -n "$cur" ] && [ -f "$d/releases/$cur/$n" ] && bins="$bins$d/releases/$cur/$n$NL"
+  [ -n "$v" ] && [ "$v" != "$cur" ] && [ -f "$d/releases/$v/$n" ] && bins="$bins$d/releases/$v/$n$NL"
+  [ -f "$c" ] && files="$files$c$NL"
+  [ -f "/etc/systemd/system/$u" ] && files="$files/etc/systemd/system/$u$NL"
+  [ -f "$e" ] && rec env_hash "$n" "$({ printf '%s\000' "$RECON_SALT"; cat "$e"; } | sha256sum)"
 }
-health() {
-  n=$1; url=$2
-  systemctl is-active -q "$3" 2>/dev/null || return 0
-  command -v curl >/dev/null 2>&1 || return 0
-  out=$(curl -s -m 3 -w '\n%{http_code}' "$url" 2>/dev/null | tail -c 1024)
-  emit health "$n" "$out"
+unit() {
+  [ -n "$id" ] || return 0
+  [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && pids="$pids/proc/$pid/cmdline$NL"
+  case $st in active|reloading) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL";; esac
+  id=; pid=; st=
 }
 """
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def build_script(targets: Iterable[Target], salt: str) -> str:
-    """The one read-only command that observes every target service on a host."""
+    """The one read-only command that observes every target service on a host.
+
+    Few processes on the host, whatever the number of services: shell builtins gather names and
+    links, and one `sha256sum`, `stat`, `cat`, `systemctl show`, `grep` (command lines), `curl`
+    (every health check, in parallel) and `getent` each cover all services. Each block is one
+    base64 line `key<TAB>-<TAB>payload`, parsed by `parse_output`.
+    """
     targets = list(targets)
     q = shlex.quote
-    lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"emit protocol - {q(PROTOCOL)}"]
+    lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"printf 'protocol\\t-\\t%s\\n' {_b64(PROTOCOL)}"]
+    urls = [f"  {q(t.unit_name)}) url={q(t.health_url)};;" for t in targets if t.health_url]
+    lines.append("urlof() {\n  case $1 in\n" + "\n".join(urls) + ("\n" if urls else "") + "  esac\n}")
     for t in targets:
         lines.append("obs " + " ".join(q(x) for x in (t.service, t.service_dir, t.config_path, t.unit_name,
                                                         t.env_path, t.want_version or "")))
-    units = " ".join(q(t.unit_name) for t in targets)
-    props = ",".join(SHOW_PROPS)
+    lines.append('for f in /etc/systemd/system/provisioning-*.service; do [ -e "$f" ] && rec unit_file - "${f##*/}"; '
+                 "done")
     if targets:
-        lines.append(f'emit show - "$(systemctl show --no-pager -p {props} {units} 2>&1)"')
-    lines.append('emit unit_files - "$(cd /etc/systemd/system 2>/dev/null && ls -1d provisioning-*.service '
-                 '2>/dev/null)"')
+        units = " ".join(q(t.unit_name) for t in targets)
+        lines.append(f"show=$(systemctl show --no-pager -p {','.join(SHOW_PROPS)} {units} 2>&1)")
+        lines.append("id=; pid=; st=\n"
+                     "while IFS='=' read -r k val; do case $k in Id) id=$val;; MainPID) pid=$val;; "
+                     "ActiveState) st=$val;; '') unit;; esac; done <<RECON_SHOW_END\n$show\nRECON_SHOW_END\nunit")
     users = sorted({t.user for t in targets if t.user} | {"provisioning"})
-    lines.append('emit users - "$(getent passwd ' + " ".join(q(u) for u in users) + ' | cut -d: -f1)"')
-    lines.append(_cmdlines(targets))
-    health_lines = [f"health {q(t.service)} {q(t.health_url)} {q(t.unit_name)} &" for t in targets if t.health_url]
-    lines += health_lines
-    lines.append("wait")
-    lines.append("emit end - ok")
+    lines.append(_TAIL.replace("@USERS@", " ".join(q(u) for u in users)))
+    lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
 
 
-def _cmdlines(targets: list[Target]) -> str:
-    """MainPIDs come from the same `systemctl show` output, read back in the shell."""
-    if not targets:
-        return ""
-    q = shlex.quote
-    units = " ".join(q(t.unit_name) for t in targets)
-    return (
-        "emitpid() { [ -n \"$id\" ] && [ -n \"$pid\" ] && [ \"$pid\" != 0 ] && [ -r \"/proc/$pid/cmdline\" ] && "
-        "emit cmdline \"$id\" \"$(tr '\\000' ' ' < /proc/$pid/cmdline)\"; id=; pid=; }\n"
-        f"systemctl show --no-pager -p Id,MainPID {units} 2>/dev/null | "
-        "{ id=; pid=; while IFS='=' read -r k val; do case \"$k\" in Id) id=$val;; MainPID) pid=$val;; "
-        "'') emitpid;; esac; done; emitpid; }"
-    )
+_TAIL = r"""printf '%s' "$meta" | block meta
+[ -n "$show" ] && printf '%s' "$show" | block show
+IFS=$NL; set -f
+[ -n "$bins" ] && sha256sum $bins 2>/dev/null | block sums
+if [ -n "$files" ]; then stat -L -c '%s %n' $files 2>/dev/null | block sizes; cat $files 2>/dev/null | block files; fi
+[ -n "$pids" ] && grep -a -H '' $pids 2>/dev/null | block cmdline
+if [ -n "$urls" ] && command -v curl >/dev/null 2>&1; then
+  set --; for x in $urls; do set -- "$@" -o /dev/null "$x"; done
+  out=$(curl -Z -s -m 3 -w '%{http_code} %{url_effective}\n' "$@" 2>/dev/null)
+  [ $? = 2 ] && out=$(curl -s -m 3 -w '%{http_code} %{url_effective}\n' "$@" 2>/dev/null)
+  printf '%s' "$out" | block health
+fi
+getent passwd @USERS@ | block users"""
 
 
 def _parse_show(text: str) -> dict[str, dict[str, str]]:
@@ -200,10 +209,9 @@ class ObserveError(Exception):
 def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHost:
     """Parse the batched command's output; ObserveError on anything that is not the protocol."""
     by_name = {t.service: t for t in targets}
-    by_unit = {t.unit_name: t.service for t in by_name.values()}
     obs = ObservedHost(host, {n: ObservedService(n) for n in by_name})
+    blocks: dict[str, bytes] = {}
     seen_protocol = seen_end = False
-    show: dict[str, dict[str, str]] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -212,61 +220,98 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue   # a login banner or shell start-up/logout noise around recon's answer
         if len(parts) != 3:
             raise ObserveError(f"line {lineno} of the host's answer is not recon's protocol: {line[:80]!r}")
-        key, name, payload = parts
+        key, _, payload = parts
         try:
-            value = base64.b64decode(payload, validate=True).decode("utf-8", "replace")
+            value = base64.b64decode(payload, validate=True)
         except (ValueError, base64.binascii.Error) as exc:  # type: ignore[attr-defined]
             raise ObserveError(f"line {lineno}: bad encoding ({exc})") from None
         if key == "protocol":
-            if value != PROTOCOL:
-                raise ObserveError(f"unexpected protocol {value!r}")
+            if value.decode("utf-8", "replace") != PROTOCOL:
+                raise ObserveError(f"unexpected protocol {value[:40]!r}")
             seen_protocol = True
-            continue
-        if key == "end":
+        elif key == "end":
             seen_end = True
+        else:
+            blocks[key] = value
+    if not seen_protocol or not seen_end:
+        raise ObserveError("the host's answer was cut short or is not recon's protocol")
+
+    def text_of(key: str) -> str:
+        return blocks.get(key, b"").decode("utf-8", "replace")
+
+    for line in text_of("meta").splitlines():
+        key, _, rest = line.partition("\t")
+        name, _, value = rest.partition("\t")
+        if key == "unit_file":
+            obs.unit_files.append(value)
             continue
-        if key == "show":
-            show = _parse_show(value)
-            continue
-        if key == "unit_files":
-            obs.unit_files = [x for x in value.splitlines() if x.strip()]
-            continue
-        if key == "users":
-            obs.users = {x for x in value.splitlines() if x.strip()}
-            continue
-        if key == "cmdline":
-            name = by_unit.get(name, name)
         svc = obs.services.get(name)
         if svc is None:
             continue
         if key == "current":
             svc.current = value or None
-        elif key == "releases":
-            svc.releases = sorted(x for x in value.splitlines() if x.strip())
-        elif key == "bin_sha":
-            svc.binary_sha = value or None
-        elif key == "want_sha":
-            svc.want_binary_sha = value or None
-        elif key == "config":
-            svc.config_text = value
-        elif key == "config_link":
-            svc.config_link = value
-        elif key == "unit":
-            svc.unit_text = value
+        elif key == "release":
+            svc.releases.append(value)
         elif key == "env_hash":
-            svc.env_hash = value
-        elif key == "cmdline":
-            svc.cmdline = value.strip()
-        elif key == "health":
-            body, _, code = value.rpartition("\n")
-            svc.health = Health(int(code) if code.isdigit() and code != "000" else None, body)
-    if not seen_protocol or not seen_end:
-        raise ObserveError("the host's answer was cut short or is not recon's protocol")
-    for unit, props in show.items():
-        name = by_unit.get(unit)
-        if name in obs.services:
-            obs.services[name].props = props
+            svc.env_hash = value[:64]
+    sums = _sha256sum_lines(text_of("sums"))
+    contents = _split_files(text_of("sizes"), blocks.get("files", b""))
+    show = _parse_show(text_of("show"))
+    cmdlines = _cmdlines(blocks.get("cmdline", b""))
+    health = {url: code for code, _, url in (x.partition(" ") for x in text_of("health").splitlines())}
+    for name, t in by_name.items():
+        svc = obs.services[name]
+        svc.releases.sort()
+        if svc.current:
+            svc.binary_sha = sums.get(f"{t.service_dir}/releases/{svc.current}/{name}")
+        if t.want_version:
+            svc.want_binary_sha = sums.get(f"{t.service_dir}/releases/{t.want_version}/{name}")
+        svc.config_text = contents.get(t.config_path)
+        svc.unit_text = contents.get(f"/etc/systemd/system/{t.unit_name}")
+        svc.props = show.get(t.unit_name, {})
+        svc.cmdline = cmdlines.get(svc.props.get("MainPID", ""))
+        if t.health_url:
+            code = health.get(t.health_url, health.get(t.health_url.rstrip("/") + "/"))
+            if code is not None:
+                svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
+    obs.users = {x.split(":", 1)[0] for x in text_of("users").splitlines() if x.strip()}
     return obs
+
+
+def _sha256sum_lines(text: str) -> dict[str, str]:
+    """`sha256sum` output: HEX, two spaces (or space and `*`), path."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if len(line) > 66 and not line.startswith("\\"):
+            out[line[66:]] = line[:64]
+    return out
+
+
+def _split_files(sizes: str, data: bytes) -> dict[str, str]:
+    """`stat -c '%s %n'` of the files, then `cat` of the same files: cut the bytes by size."""
+    out: dict[str, str] = {}
+    pos = 0
+    for line in sizes.splitlines():
+        size, _, path = line.partition(" ")
+        if not size.isdigit():
+            raise ObserveError(f"bad file size line {line[:80]!r}")
+        out[path] = data[pos:pos + int(size)].decode("utf-8", "replace")
+        pos += int(size)
+    if pos != len(data):
+        raise ObserveError("a file changed while it was read (sizes and contents disagree); run again")
+    return out
+
+
+def _cmdlines(data: bytes) -> dict[str, str]:
+    """`grep -a -H '' /proc/PID/cmdline...`: MainPID -> command line (arguments joined by spaces)."""
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        head, sep, rest = line.partition("/cmdline:")
+        if sep and head.startswith("/proc/"):
+            pid = head[len("/proc/"):]
+            joined = rest.replace("\0", " ").strip()
+            out[pid] = f"{out[pid]} {joined}" if pid in out else joined
+    return out
 
 
 def observe_hosts(session: Any, targets: Mapping[str, list[Target]], salt: str) -> dict[str, ObservedHost]:

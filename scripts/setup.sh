@@ -11,7 +11,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 if [ "${CI:-}" = true ] || [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends systemd-container openssh-server openssh-client curl \
+    apt-get install -y -qq --no-install-recommends systemd-container openssh-server openssh-client curl strace \
         python3-venv >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then

@@ -93,10 +93,10 @@ def converged(d: DesiredService, salt: str = SALT, **changes: Any) -> ObservedSe
              "DropInPaths": "", **live_props(d)}
     o = ObservedService(
         d.service, current=d.version, releases=[d.version], binary_sha=d.sha256, want_binary_sha=d.sha256,
-        config_text=d.config_text, config_link=f"{d.service_dir}/current/{d.service}.toml", unit_text=d.unit_text,
+        config_text=d.config_text, unit_text=d.unit_text,
         env_hash=d.secrets_hash(salt), props=props,
         cmdline=f"/usr/bin/python3 {d.binary_path} --config {d.config_path}",
-        health=Health(200, '{"status": "ok"}') if d.health_url else None)
+        health=Health(200) if d.health_url else None)
     return dataclasses.replace(o, **changes)
 
 
@@ -290,7 +290,7 @@ def mutate(d: DesiredService, o: ObservedService, m: str) -> set[str]:
     if m == "unhealthy":
         if d.health_url is None:
             return set()
-        o.health = Health(503, "unhealthy")
+        o.health = Health(503)
         return {"health"}
     if m == "disabled":
         o.props["UnitFileState"] = "disabled"
@@ -491,10 +491,10 @@ def test_runtime_only_changes() -> None:
     assert c is not None and (c.action, c.effect, c.reason) == ("restart", "restart", "unit is failed")
     assert [(f.path, f.before, f.after, f.kind) for f in c.fields] == [("state", "failed", "active", "drift")]
 
-    sick = converged(d, health=Health(503, "{}"))
+    sick = converged(d, health=Health(503))
     c = plan_service(d, sick, rec, SALT)
     assert c is not None and (c.action, c.reason) == ("restart", "health check fails (HTTP 503)")
-    assert plan_service(d, converged(d, health=Health(204, "")), rec, SALT) is not None   # expect_status is 200
+    assert plan_service(d, converged(d, health=Health(204)), rec, SALT) is not None   # expect_status is 200
     assert plan_service(d, converged(d, health=None), rec, SALT) is None                 # not probed: no news
 
     disabled = converged(d)
@@ -715,12 +715,13 @@ def test_unit_limits_reads_what_systemd_would() -> None:
 
 
 # --------------------------------------------------------------------------------------------- observe protocol
-def test_observe_script_runs_read_only_and_parses(tmp_path: Path) -> None:
-    """The batched command, run by /bin/sh on this machine against a fake install tree."""
+def _fake_install(tmp_path: Path) -> tuple[list[Target], Path]:
     svc_dir = tmp_path / "opt/orchestrator"
     rel = svc_dir / "releases/5.0.0"
     rel.mkdir(parents=True)
     (svc_dir / "releases/4.9.0").mkdir()
+    (svc_dir / "releases/4.9.0/orchestrator").write_bytes(b"old")
+    (svc_dir / "releases/stray-file").write_text("not a release")
     (rel / "orchestrator").write_bytes(b"#!/bin/sh\necho hi\n")
     (rel / "orchestrator.toml").write_text("[server]\nport = 8080\n")
     (svc_dir / "current").symlink_to("releases/5.0.0/")
@@ -728,10 +729,26 @@ def test_observe_script_runs_read_only_and_parses(tmp_path: Path) -> None:
     etc.mkdir()
     (etc / "orchestrator.toml").symlink_to(rel / "orchestrator.toml")
     (etc / "orchestrator.env").write_text("VAULT_TOKEN=x\n")
+    # a second service whose files are awkward: no final newline, a tab, bytes that are not UTF-8,
+    # a path with a space, and `current` pointing at a release that is gone
+    odd = tmp_path / "opt/odd svc"
+    (odd / "releases").mkdir(parents=True)
+    (odd / "current").symlink_to("releases/9.9.9")
+    (etc / "odd.toml").write_bytes(b"a\t=\t1\n\xff\xfe tail")
     targets = [Target("orchestrator", str(svc_dir), str(etc / "orchestrator.toml"),
-                      "provisioning-recon-test-none.service", str(etc / "orchestrator.env"), "5.0.0", None),
+                      "provisioning-recon-test-none.service", str(etc / "orchestrator.env"), "4.9.0", None),
+               Target("odd", str(odd), str(etc / "odd.toml"), "provisioning-recon-test-odd.service",
+                      str(etc / "odd.env")),
                Target("missing", str(tmp_path / "opt/missing"), str(etc / "missing.toml"),
                       "provisioning-recon-test-missing.service", str(etc / "missing.env"))]
+    return targets, rel
+
+
+def test_observe_script_runs_read_only_and_parses(tmp_path: Path) -> None:
+    """The batched command, run by /bin/sh on this machine against a fake install tree."""
+    import hashlib
+
+    targets, _ = _fake_install(tmp_path)
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
     script = build_script(targets, SALT)
     res = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
@@ -739,34 +756,93 @@ def test_observe_script_runs_read_only_and_parses(tmp_path: Path) -> None:
     obs = parse_observed("node1", "some login banner\n" + res.stdout, targets)
     o = obs.services["orchestrator"]
     assert (o.current, o.releases) == ("5.0.0", ["4.9.0", "5.0.0"])
-    import hashlib
-
-    sha = hashlib.sha256(b"#!/bin/sh\necho hi\n").hexdigest()
-    assert o.binary_sha == sha and o.want_binary_sha == sha
+    assert o.binary_sha == hashlib.sha256(b"#!/bin/sh\necho hi\n").hexdigest()
+    assert o.want_binary_sha == hashlib.sha256(b"old").hexdigest()
     assert o.config_text == "[server]\nport = 8080\n"
-    assert o.config_link == str(rel / "orchestrator.toml")
     assert o.env_hash == salted_hash(SALT, b"VAULT_TOKEN=x\n")
-    assert o.exists and not obs.services["missing"].exists
+    odd = obs.services["odd"]
+    assert (odd.current, odd.releases, odd.binary_sha) == ("9.9.9", [], None)
+    assert odd.config_text == b"a\t=\t1\n\xff\xfe tail".decode("utf-8", "replace")
+    assert odd.env_hash is None and odd.unit_text is None
+    assert o.exists and odd.exists and not obs.services["missing"].exists
+
+
+def test_observe_script_forks_a_fixed_number_of_processes(tmp_path: Path) -> None:
+    """The point of the batched script: host-side processes do not grow with the number of services."""
+    import shutil
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is needed for this test (scripts/setup.sh installs it)")
+    targets, _ = _fake_install(tmp_path)
+    counts = []
+    # a secrets file costs two processes more (its salted hash), a dangling `current` one (readlink)
+    one = dataclasses.replace(targets[0], env_path=targets[0].env_path + ".absent",
+                              health_url="http://127.0.0.1:9/health")
+    for ts in ([one], [one] * 10):
+        log = tmp_path / "strace.log"
+        subprocess.run([strace, "-f", "-qq", "-e", "trace=execve", "-o", str(log), "/bin/sh", "-c",
+                        build_script(ts, SALT)], capture_output=True, timeout=60, check=True)
+        counts.append(log.read_text().count("execve("))
+    assert counts[0] == counts[1] and counts[0] <= 12, counts
+
+
+def test_parse_output_reads_each_block() -> None:
+    import base64
+
+    def line(key: str, value: str | bytes) -> str:
+        data = value.encode() if isinstance(value, str) else value
+        return f"{key}\t-\t{base64.b64encode(data).decode()}"
+
+    t = [Target("a", "/opt/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env", "1.1",
+                "http://127.0.0.1:8080/health"),
+         Target("b", "/opt/b", "/etc/b.toml", "provisioning-b.service", "/etc/b.env", None,
+                "http://127.0.0.1:8081")]
+    sha_a, sha_w = "1" * 64, "2" * 64
+    text = "\n".join([
+        line("protocol", PROTOCOL),
+        line("meta", "current\ta\t1.0\nrelease\ta\t1.1\nrelease\ta\t1.0\nenv_hash\ta\t" + "3" * 64 + "  -\n"
+                     "unit_file\t-\tprovisioning-a.service\nunit_file\t-\tprovisioning-old.service\n"),
+        line("sums", f"{sha_a}  /opt/a/releases/1.0/a\n{sha_w}  /opt/a/releases/1.1/a\n"),
+        line("sizes", "4 /etc/a.toml\n0 /etc/systemd/system/provisioning-a.service\n"),
+        line("files", b"x=1\n"),
+        line("show", "Id=provisioning-a.service\nActiveState=active\nMainPID=42\n\n"
+                     "Id=provisioning-b.service\nActiveState=failed\nMainPID=0\n"),
+        line("cmdline", b"/proc/42/cmdline:/usr/bin/a\0--config\0/etc/a.toml\0\n"),
+        line("health", "200 http://127.0.0.1:8080/health\n000 http://127.0.0.1:8081/\n"),
+        line("users", "provisioning:x:998:998::/nonexistent:/usr/sbin/nologin\n"),
+        line("end", "ok")])
+    obs = parse_observed("n", text, t)
+    a, b = obs.services["a"], obs.services["b"]
+    assert (a.current, a.releases, a.binary_sha, a.want_binary_sha) == ("1.0", ["1.0", "1.1"], sha_a, sha_w)
+    assert (a.config_text, a.unit_text, a.env_hash) == ("x=1\n", "", "3" * 64)
+    assert (a.active, a.main_pid, a.cmdline) == ("active", 42, "/usr/bin/a --config /etc/a.toml")
+    assert a.health == Health(200) and a.health.ok and b.health == Health(None)
+    assert (b.active, b.cmdline, b.config_text) == ("failed", None, None)
+    assert obs.unit_files == ["provisioning-a.service", "provisioning-old.service"]
+    assert obs.users == {"provisioning"}
+    with pytest.raises(ObserveError, match="changed while it was read"):
+        parse_observed("n", text.replace(line("files", b"x=1\n"), line("files", b"x=12\n")), t)
 
 
 def test_parse_output_refuses_what_is_not_the_protocol() -> None:
     import base64
 
-    def line(key: str, name: str, value: str) -> str:
-        return f"{key}\t{name}\t{base64.b64encode(value.encode()).decode()}"
+    def line(key: str, value: str) -> str:
+        return f"{key}\t-\t{base64.b64encode(value.encode()).decode()}"
 
     t = [Target("a", "/opt/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env")]
-    lines = [line("protocol", "-", PROTOCOL), line("current", "a", "1.0"),
-             line("show", "-", "Id=provisioning-a.service\nActiveState=active\n"),
-             line("health", "a", "{}\n200"), line("end", "-", "ok")]
+    lines = [line("protocol", PROTOCOL), line("meta", "current\ta\t1.0\n"),
+             line("show", "Id=provisioning-a.service\nActiveState=active\n"), line("end", "ok")]
     ok = "\n".join(lines)
     obs = parse_observed("n", ok, t)
     assert obs.services["a"].current == "1.0" and obs.services["a"].props["ActiveState"] == "active"
-    assert obs.services["a"].health == Health(200, "{}")
     with pytest.raises(ObserveError, match="cut short"):
         parse_observed("n", ok.rsplit("\n", 1)[0], t)
     with pytest.raises(ObserveError, match="not recon's protocol"):
         parse_observed("n", "\n".join([lines[0], "stray output after the start", *lines[1:]]), t)
+    with pytest.raises(ObserveError, match="unexpected protocol"):
+        parse_observed("n", "\n".join([line("protocol", "recon-observe/1"), *lines[1:]]), t)
     with pytest.raises(ObserveError):
         parse_observed("n", "", t)
 
@@ -775,4 +851,4 @@ def test_observe_script_names_each_service_account() -> None:
     t = [Target("a", "/opt/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env", user="svc-a")]
     script = build_script(t, SALT)
     assert "getent passwd provisioning svc-a" in script
-    assert script.count("systemctl show") == 2 and "curl" in script
+    assert script.count("systemctl show") == 1 and script.count("curl -Z") == 1

@@ -89,8 +89,12 @@ def svc(spec: dict[str, Any], name: str) -> dict[str, Any]:
 def test_version_bump_and_config_change_between_git_refs(repo: Path) -> None:
     p = repo / "specs" / "platform.yaml"
     text = p.read_text()
-    text = text.replace('version: "5.0.0"\n    artifact: {path: ../artifacts/orchestrator-5.0.0, sha256: "acba',
-                        'version: "5.0.1"\n    artifact: {path: ../artifacts/orchestrator-5.0.1, sha256: "bcba', 1)
+    old_sha = re.search(r'orchestrator-5.0.0, sha256: "([0-9a-f]{64})"', text)[1]
+    new_sha = ("1" if old_sha[0] == "0" else "0") + old_sha[1:]
+    text = text.replace('version: "5.0.0"\n    artifact: {path: ../artifacts/orchestrator-5.0.0, sha256: "' + old_sha,
+                        'version: "5.0.1"\n    artifact: {path: ../artifacts/orchestrator-5.0.1, sha256: "' + new_sha,
+                        1)
+    assert new_sha in text
     p.write_text(text)
     local = repo / "specs" / "overrides" / "local.yaml"
     local.write_text(local.read_text().replace("server: {workers: 2}", "server: {workers: 3}"))
@@ -101,7 +105,7 @@ def test_version_bump_and_config_change_between_git_refs(repo: Path) -> None:
     assert code == 2
     assert "orchestrator: version 5.0.0 → 5.0.1" in out
     assert "~ config.server.workers: 2 → 3" in out
-    assert "~ artifact.sha256: acba536f823b… → bcba536f823b…" in out
+    assert f"~ artifact.sha256: {old_sha[:12]}… → {new_sha[:12]}…" in out
     assert "vault-service" not in out.split("Diff:")[0].split("orchestrator", 1)[1]  # nothing else changed
     assert out.rstrip().endswith("Diff: 1 service changed. No risks found.")
 
