@@ -86,9 +86,9 @@ def observed_for(d: DesiredService) -> ObservedService:
     # copies, as text read from a host would be (no shared string objects with the desired side)
     return ObservedService(
         d.service, current=d.version, releases=[d.version], binary_sha=d.sha256, want_binary_sha=d.sha256,
-        config_text="".join(list(d.config_text)), config_link=f"{d.service_dir}/current/{d.service}.toml",
+        config_text="".join(list(d.config_text)),
         unit_text="".join(list(d.unit_text)), env_hash=d.secrets_hash(SALT), props=props,
-        cmdline=f"/usr/bin/python3 {d.binary_path} --config {d.config_path}", health=Health(200, "{}"))
+        cmdline=f"/usr/bin/python3 {d.binary_path} --config {d.config_path}", health=Health(200))
 
 
 def record_for(d: DesiredService) -> ServiceRecord:
@@ -122,7 +122,7 @@ def change_one(d: DesiredService, o: ObservedService, kind: str) -> DesiredServi
     elif kind == "binary":
         o.binary_sha = "f" * 64
     elif kind == "health":
-        o.health = Health(503, "unhealthy")
+        o.health = Health(503)
     elif kind == "disabled":
         o.props["UnitFileState"] = "disabled"
     return d
