@@ -744,14 +744,15 @@ def _fake_install(tmp_path: Path) -> tuple[list[Target], Path]:
     return targets, rel
 
 
-def test_observe_script_runs_read_only_and_parses(tmp_path: Path) -> None:
-    """The batched command, run by /bin/sh on this machine against a fake install tree."""
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])   # dash on Debian; bash is /bin/sh on RHEL
+def test_observe_script_runs_read_only_and_parses(tmp_path: Path, shell: str) -> None:
+    """The batched command, run by the shell on this machine against a fake install tree."""
     import hashlib
 
     targets, _ = _fake_install(tmp_path)
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
     script = build_script(targets, SALT)
-    res = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    res = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=30, check=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
     obs = parse_observed("node1", "some login banner\n" + res.stdout, targets)
     o = obs.services["orchestrator"]
