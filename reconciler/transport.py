@@ -1,7 +1,7 @@
 """Reach hosts through pyinfra's connectors (SSH or local): connect all at once, run one command per
 host in parallel, upload files, and close every client. The only module that opens connections.
 
-Measured rough edges of pyinfra as a library handled here (see docs/design.md): TCP_NODELAY on
+Measured rough edges of pyinfra as a library handled here (see docs/performance.md): TCP_NODELAY on
 paramiko's socket (47 ms → 5 ms per command), strict host keys, SSH clients closed explicitly,
 gevent monkey-patching so hosts connect and run in parallel.
 """
