@@ -535,7 +535,7 @@ _HEALTH_FN = r"""check() {
       echo "RESULT	$n	fail	unit is ${st% }"; return
     fi
     if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
-    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
+    code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
     if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $(( $(date +%s) - start ))s"; return; fi
     if [ "$(date +%s)" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
     sleep "$iv"

@@ -8,6 +8,7 @@ command on every host at once through `reconciler.transport`.
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class ObservedService:
     props: dict[str, str] = field(default_factory=dict)
     cmdline: str | None = None
     health: Health | None = None
+    service_dir: str | None = None         # where its releases are (anchors running_version)
 
     @property
     def exists(self) -> bool:
@@ -82,9 +84,10 @@ class ObservedService:
         """The release the running process was started from (from its command line)."""
         if not self.cmdline or self.main_pid == 0:
             return None
+        anchor = f"{self.service_dir.rstrip('/')}/releases/" if self.service_dir else "/releases/"
         for part in self.cmdline.split():
-            if "/releases/" in part:
-                return part.split("/releases/", 1)[1].split("/", 1)[0]
+            if anchor in part:
+                return part.rsplit(anchor, 1)[1].split("/", 1)[0]
         return None
 
     def fingerprint(self) -> dict[str, Any]:
@@ -125,16 +128,17 @@ obs() {
   fi
   [ -n "$cur" ] && rec current "$n" "$cur"
   for r in "$d"/releases/*/; do [ -d "$r" ] && r=${r%/} && rec release "$n" "${r##*/}"; done
-  [ -n "$cur" ] && [ -f "$d/releases/$cur/$n" ] && bins="$bins$d/releases/$cur/$n$NL"
-  [ -n "$v" ] && [ "$v" != "$cur" ] && [ -f "$d/releases/$v/$n" ] && bins="$bins$d/releases/$v/$n$NL"
-  [ -f "$c" ] && files="$files$c$NL"
-  [ -f "/etc/systemd/system/$u" ] && files="$files/etc/systemd/system/$u$NL"
-  [ -f "$e" ] && rec env_hash "$n" "$({ printf '%s\000' "$RECON_SALT"; cat "$e"; } | sha256sum)"
+  [ -n "$cur" ] && readable "$n" "$d/releases/$cur/$n" && bins="$bins$d/releases/$cur/$n$NL"
+  [ -n "$v" ] && [ "$v" != "$cur" ] && readable "$n" "$d/releases/$v/$n" && bins="$bins$d/releases/$v/$n$NL"
+  readable "$n" "$c" && files="$files$c$NL"
+  readable "$n" "/etc/systemd/system/$u" && files="$files/etc/systemd/system/$u$NL"
+  readable "$n" "$e" && rec env_hash "$n" "$({ printf '%s\000' "$RECON_SALT"; cat "$e"; } | sha256sum)"
 }
+readable() { [ -f "$2" ] || return 1; [ -r "$2" ] && return 0; rec unreadable "$1" "$2"; return 1; }
 unit() {
   [ -n "$id" ] || return 0
   [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && pids="$pids/proc/$pid/cmdline$NL"
-  case $st in active|reloading) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL";; esac
+  case $st in active|reloading) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL" && rec check "$id" "$url";; esac
   id=; pid=; st=
 }
 """
@@ -149,7 +153,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
 
     Few processes on the host, whatever the number of services: shell builtins gather names and
     links, and one `sha256sum`, `stat`, `cat`, `systemctl show`, `grep` (command lines), `curl`
-    (every health check, in parallel) and `getent` each cover all services. Each block is one
+    (every health check, in parallel; no proxy, no URL globbing; results matched by position) and
+    `getent` each cover all services. Each block is one
     base64 line `key<TAB>-<TAB>payload`, parsed by `parse_output`.
     """
     targets = list(targets)
@@ -165,16 +170,22 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     if targets:
         units = " ".join(q(t.unit_name) for t in targets)
         lines.append(f"show=$(systemctl show --no-pager -p {','.join(SHOW_PROPS)} {units} 2>&1)")
-        lines.append("id=; pid=; st=\n"
-                     "while IFS='=' read -r k val; do case $k in Id) id=$val;; MainPID) pid=$val;; "
-                     "ActiveState) st=$val;; '') unit;; esac; done <<RECON_SHOW_END\n$show\nRECON_SHOW_END\nunit")
+    else:
+        lines.append("show=")
     users = sorted({t.user for t in targets if t.user} | {"provisioning"})
     lines.append(_TAIL.replace("@USERS@", " ".join(q(u) for u in users)))
     lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
 
 
-_TAIL = r"""printf '%s' "$meta" | block meta
+# The rest reads `systemctl show` from a pipe (a here-document would be a temp file under bash < 5.1).
+_TAIL = r"""printf '%s\n' "$show" | {
+id=; pid=; st=
+while IFS='=' read -r k val; do
+  case $k in Id) id=$val;; MainPID) pid=$val;; ActiveState) st=$val;; '') unit;; esac
+done
+unit
+printf '%s' "$meta" | block meta
 [ -n "$show" ] && printf '%s' "$show" | block show
 IFS=$NL; set -f
 [ -n "$bins" ] && sha256sum $bins 2>/dev/null | block sums
@@ -182,11 +193,12 @@ if [ -n "$files" ]; then stat -L -c '%s %n' $files 2>/dev/null | block sizes; ca
 [ -n "$pids" ] && grep -a -H '' $pids 2>/dev/null | block cmdline
 if [ -n "$urls" ] && command -v curl >/dev/null 2>&1; then
   set --; for x in $urls; do set -- "$@" -o /dev/null "$x"; done
-  out=$(curl -Z -s -m 3 -w '%{http_code} %{url_effective}\n' "$@" 2>/dev/null)
-  [ $? = 2 ] && out=$(curl -s -m 3 -w '%{http_code} %{url_effective}\n' "$@" 2>/dev/null)
+  out=$(curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\n' "$@" 2>/dev/null)
+  case $out in [0-9]*) ;; *) out=$(curl -q -g -s --noproxy '*' -m 3 -w '= %{http_code}\n' "$@" 2>/dev/null);; esac
   printf '%s' "$out" | block health
 fi
-getent passwd @USERS@ | block users"""
+getent passwd @USERS@ | block users
+}"""
 
 
 def _parse_show(text: str) -> dict[str, dict[str, str]]:
@@ -239,12 +251,18 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
     def text_of(key: str) -> str:
         return blocks.get(key, b"").decode("utf-8", "replace")
 
+    checks: list[str] = []          # units whose health was checked, in the order of the results
     for line in text_of("meta").splitlines():
         key, _, rest = line.partition("\t")
         name, _, value = rest.partition("\t")
         if key == "unit_file":
             obs.unit_files.append(value)
             continue
+        if key == "check":
+            checks.append(name)
+            continue
+        if key == "unreadable":
+            raise ObserveError(f"cannot read {value} ({name}): observe as root, or let the SSH user read it")
         svc = obs.services.get(name)
         if svc is None:
             continue
@@ -258,7 +276,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
     contents = _split_files(text_of("sizes"), blocks.get("files", b""))
     show = _parse_show(text_of("show"))
     cmdlines = _cmdlines(blocks.get("cmdline", b""))
-    health = {url: code for code, _, url in (x.partition(" ") for x in text_of("health").splitlines())}
+    health = _health_results(text_of("health"), checks)
     for name, t in by_name.items():
         svc = obs.services[name]
         svc.releases.sort()
@@ -270,20 +288,40 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         svc.unit_text = contents.get(f"/etc/systemd/system/{t.unit_name}")
         svc.props = show.get(t.unit_name, {})
         svc.cmdline = cmdlines.get(svc.props.get("MainPID", ""))
-        if t.health_url:
-            code = health.get(t.health_url, health.get(t.health_url.rstrip("/") + "/"))
-            if code is not None:
-                svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
+        svc.service_dir = t.service_dir
+        if t.unit_name in checks:
+            code = health.get(t.unit_name, "000")
+            svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
     obs.users = {x.split(":", 1)[0] for x in text_of("users").splitlines() if x.strip()}
     return obs
 
 
+def _health_results(text: str, checks: list[str]) -> dict[str, str]:
+    """curl's write-out, unit -> HTTP code: `URLNUM CODE` lines (parallel, in any order), or `= CODE`
+    lines in the order of the URLs (curl older than 7.75, one after another)."""
+    out: dict[str, str] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        num, _, code = line.partition(" ")
+        index = i if num == "=" else int(num) if num.isdigit() else -1
+        if 0 <= index < len(checks):
+            out[checks[index]] = code.strip()
+    return out
+
+
 def _sha256sum_lines(text: str) -> dict[str, str]:
-    """`sha256sum` output: HEX, two spaces (or space and `*`), path."""
+    """`sha256sum` output: HEX, two spaces (or space and `*`), path; a path with a backslash or a
+    newline is escaped and its line starts with a backslash."""
     out: dict[str, str] = {}
     for line in text.splitlines():
-        if len(line) > 66 and not line.startswith("\\"):
-            out[line[66:]] = line[:64]
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        if len(line) > 66:
+            path = line[66:]
+            if escaped:
+                path = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], path)
+            out[path] = line[:64]
     return out
 
 

@@ -795,35 +795,49 @@ def test_parse_output_reads_each_block() -> None:
         data = value.encode() if isinstance(value, str) else value
         return f"{key}\t-\t{base64.b64encode(data).decode()}"
 
-    t = [Target("a", "/opt/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env", "1.1",
+    t = [Target("a", "/srv/releases/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env", "1.1",
                 "http://127.0.0.1:8080/health"),
          Target("b", "/opt/b", "/etc/b.toml", "provisioning-b.service", "/etc/b.env", None,
-                "http://127.0.0.1:8081")]
-    sha_a, sha_w = "1" * 64, "2" * 64
+                "http://127.0.0.1:8081"),
+         Target("c", "/opt/c\\d", "/etc/c.toml", "provisioning-c.service", "/etc/c.env", None,
+                "http://127.0.0.1:8082/health?x=[1]")]
+    sha_a, sha_w, sha_c = "1" * 64, "2" * 64, "4" * 64
     text = "\n".join([
         line("protocol", PROTOCOL),
         line("meta", "current\ta\t1.0\nrelease\ta\t1.1\nrelease\ta\t1.0\nenv_hash\ta\t" + "3" * 64 + "  -\n"
-                     "unit_file\t-\tprovisioning-a.service\nunit_file\t-\tprovisioning-old.service\n"),
-        line("sums", f"{sha_a}  /opt/a/releases/1.0/a\n{sha_w}  /opt/a/releases/1.1/a\n"),
+                     "unit_file\t-\tprovisioning-a.service\nunit_file\t-\tprovisioning-old.service\n"
+                     "current\tc\t2.0\ncheck\tprovisioning-c.service\t-\ncheck\tprovisioning-a.service\t-\n"),
+        # sha256sum escapes a path with a backslash (and starts the line with one)
+        line("sums", f"{sha_a}  /srv/releases/a/releases/1.0/a\n{sha_w}  /srv/releases/a/releases/1.1/a\n"
+                     f"\\{sha_c}  /opt/c\\\\d/releases/2.0/c\n"),
         line("sizes", "4 /etc/a.toml\n0 /etc/systemd/system/provisioning-a.service\n"),
         line("files", b"x=1\n"),
         line("show", "Id=provisioning-a.service\nActiveState=active\nMainPID=42\n\n"
                      "Id=provisioning-b.service\nActiveState=failed\nMainPID=0\n"),
-        line("cmdline", b"/proc/42/cmdline:/usr/bin/a\0--config\0/etc/a.toml\0\n"),
-        line("health", "200 http://127.0.0.1:8080/health\n000 http://127.0.0.1:8081/\n"),
+        line("cmdline", b"/proc/42/cmdline:/srv/releases/a/releases/1.0/a\0--config\0/etc/a.toml\0\n"),
+        line("health", "1 200\n"),      # `curl -Z`: URL number and code; c (number 0) never answered
         line("users", "provisioning:x:998:998::/nonexistent:/usr/sbin/nologin\n"),
         line("end", "ok")])
     obs = parse_observed("n", text, t)
     a, b = obs.services["a"], obs.services["b"]
+    c = obs.services["c"]
     assert (a.current, a.releases, a.binary_sha, a.want_binary_sha) == ("1.0", ["1.0", "1.1"], sha_a, sha_w)
     assert (a.config_text, a.unit_text, a.env_hash) == ("x=1\n", "", "3" * 64)
-    assert (a.active, a.main_pid, a.cmdline) == ("active", 42, "/usr/bin/a --config /etc/a.toml")
-    assert a.health == Health(200) and a.health.ok and b.health == Health(None)
-    assert (b.active, b.cmdline, b.config_text) == ("failed", None, None)
+    assert (a.active, a.main_pid, a.running_version) == ("active", 42, "1.0")   # not "a": anchored at its dir
+    assert a.cmdline == "/srv/releases/a/releases/1.0/a --config /etc/a.toml"
+    assert a.health == Health(200) and a.health.ok
+    assert (b.active, b.cmdline, b.config_text, b.health) == ("failed", None, None, None)   # not checked
+    assert (c.binary_sha, c.health) == (sha_c, Health(None))      # checked, no answer: a failed check
+    # curl older than 7.75 runs the checks one after another: `= CODE` lines in the order of the checks
+    seq = parse_observed("n", text.replace(line("health", "1 200\n"), line("health", "= 503\n= 200\n")), t)
+    assert (seq.services["c"].health, seq.services["a"].health) == (Health(503), Health(200))
     assert obs.unit_files == ["provisioning-a.service", "provisioning-old.service"]
     assert obs.users == {"provisioning"}
     with pytest.raises(ObserveError, match="changed while it was read"):
         parse_observed("n", text.replace(line("files", b"x=1\n"), line("files", b"x=12\n")), t)
+    unreadable = line("meta", "current\ta\t1.0\nunreadable\ta\t/etc/a.env\n")
+    with pytest.raises(ObserveError, match=r"cannot read /etc/a.env \(a\): observe as root"):
+        parse_observed("n", "\n".join([line("protocol", PROTOCOL), unreadable, line("end", "ok")]), t)
 
 
 def test_parse_output_refuses_what_is_not_the_protocol() -> None:
@@ -852,4 +866,5 @@ def test_observe_script_names_each_service_account() -> None:
     t = [Target("a", "/opt/a", "/etc/a.toml", "provisioning-a.service", "/etc/a.env", user="svc-a")]
     script = build_script(t, SALT)
     assert "getent passwd provisioning svc-a" in script
-    assert script.count("systemctl show") == 1 and script.count("curl -Z") == 1
+    assert script.count("systemctl show") == 1
+    assert "curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\\n'" in script
