@@ -118,7 +118,8 @@ _PRELUDE = r"""set +e
 LC_ALL=C; export LC_ALL
 NL='
 '
-meta=; bins=; files=; pids=; urls=
+meta=; bins=; files=; pids=; urls=; curl=
+command -v curl >/dev/null 2>&1 && curl=1
 rec() { meta="$meta$1	$2	$3$NL"; }
 block() { printf '%s\t-\t' "$1"; base64 -w0; printf '\n'; }
 obs() {
@@ -138,7 +139,9 @@ readable() { [ -f "$2" ] || return 1; [ -r "$2" ] && return 0; rec unreadable "$
 unit() {
   [ -n "$id" ] || return 0
   [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && pids="$pids/proc/$pid/cmdline$NL"
-  case $st in active|reloading) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL" && rec check "$id" "$url";; esac
+  case $st$curl in
+    active1|reloading1) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL" && rec check "$id" -;;
+  esac
   id=; pid=; st=
 }
 """
@@ -154,8 +157,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     Few processes on the host, whatever the number of services: shell builtins gather names and
     links, and one `sha256sum`, `stat`, `cat`, `systemctl show`, `grep` (command lines), `curl`
     (every health check, in parallel; no proxy, no URL globbing; results matched by position) and
-    `getent` each cover all services. Each block is one
-    base64 line `key<TAB>-<TAB>payload`, parsed by `parse_output`.
+    `getent` each cover all services. Health is checked only for active units, and only where curl
+    is installed. Each block is one base64 line `key<TAB>-<TAB>payload`, parsed by `parse_output`.
     """
     targets = list(targets)
     q = shlex.quote
@@ -191,7 +194,7 @@ IFS=$NL; set -f
 [ -n "$bins" ] && sha256sum $bins 2>/dev/null | block sums
 if [ -n "$files" ]; then stat -L -c '%s %n' $files 2>/dev/null | block sizes; cat $files 2>/dev/null | block files; fi
 [ -n "$pids" ] && grep -a -H '' $pids 2>/dev/null | block cmdline
-if [ -n "$urls" ] && command -v curl >/dev/null 2>&1; then
+if [ -n "$urls" ]; then
   set --; for x in $urls; do set -- "$@" -o /dev/null "$x"; done
   out=$(curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\n' "$@" 2>/dev/null)
   case $out in [0-9]*) ;; *) out=$(curl -q -g -s --noproxy '*' -m 3 -w '= %{http_code}\n' "$@" 2>/dev/null);; esac

@@ -377,6 +377,21 @@ def test_hosts_set_up_by_hand_plan_nothing_in_one_round_trip_each(
         assert out.split() == ["200", "active", "active", "active"]
 
 
+def test_a_host_without_curl_is_planned_without_health_checks(testhost: TestHost, testhosts_pool: TestHosts,
+                                                              testhosts_spec: HostsSpec, tmp_path: Path,
+                                                              plan_artifacts: Artifacts) -> None:
+    """No curl on the host: health is not checked at plan time, which is no news, not a failed check."""
+    spec = write_spec(tmp_path, testhosts_spec([testhost]), plan_artifacts)
+    desired = set_up_by_hand(testhosts_pool, {"node1": testhost}, spec, plan_artifacts)
+    write_state_like_apply(tmp_path / "state", desired)
+    sh(testhosts_pool, testhost, "rm $(command -v curl) && ! command -v curl")
+    doc = plan_json(tmp_path, [spec], "--detailed-exitcode", check=0)
+    assert doc["changes"] == [] and not doc["errors"]
+    sh(testhosts_pool, testhost, f"systemctl stop {UNIT.format(ORDER[-1])}")   # what it still sees
+    doc = plan_json(tmp_path, [spec], "--detailed-exitcode", check=2)
+    assert [c["address"] for c in doc["changes"]] == [f"node1/{ORDER[-1]}"]
+
+
 def test_ignore_drift_quiets_the_listed_fields(testhost: TestHost, testhosts_pool: TestHosts,
                                                testhosts_spec: HostsSpec, tmp_path: Path,
                                                plan_artifacts: Artifacts) -> None:
