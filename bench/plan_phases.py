@@ -20,27 +20,24 @@ import time
 def one_run(files: list[str], state: str, hosts: list[str]) -> dict[str, float]:
     t0 = time.perf_counter()
     from reconciler import pipeline
-    from reconciler.observe import observe_hosts
     from reconciler.transport import Session
 
     t1 = time.perf_counter()
     run = pipeline.prepare(files, state, hosts=hosts)
     t2 = time.perf_counter()
-    scope = {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
-    targets = {h: ts for h, ts in pipeline.build_targets(run.desired, run.state).items() if h in scope}
-    session = Session(scope)
-    session.__enter__()
+    session = Session(pipeline.hosts_in_scope(run))
+    session.open()
     t3 = time.perf_counter()
-    run.observed = observe_hosts(session, targets, run.salt)
+    pipeline.observe(run, session)
     t4 = time.perf_counter()
-    session.__exit__(None, None, None)
+    session.close()
     pipeline.plan(run)
     t5 = time.perf_counter()
     errors = [o.error for o in run.observed.values() if o.error]
     if errors:
         raise SystemExit(f"observation failed: {errors}")
     return {"imports": t1 - t0, "spec+state": t2 - t1, "connect": t3 - t2, "observe": t4 - t3,
-            "close+plan": t5 - t4, "total": t5 - t0, "hosts": len(scope)}
+            "close+plan": t5 - t4, "total": t5 - t0, "hosts": len(run.observed)}
 
 
 def main() -> None:

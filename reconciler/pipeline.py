@@ -17,7 +17,7 @@ from reconciler.errors import ReconError
 from reconciler.observe import ObservedHost, Target
 from reconciler.plan import Plan, fingerprint, make_plan
 from reconciler.spec import Spec, load_spec
-from reconciler.spec.model import Secret
+from reconciler.spec.model import Host, Secret
 from reconciler.state import State, StateStore
 
 DEFAULT_STATE_DIR = "state"
@@ -104,12 +104,17 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
                hosts=set(hosts) if hosts else None)
 
 
+def hosts_in_scope(run: Run) -> dict[str, Host]:
+    """The spec hosts this run observes (all, or those of `--host`)."""
+    return {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
+
+
 def observe(run: Run, session: Any | None = None) -> dict[str, ObservedHost]:
     """Observe the hosts in scope (one batched command each), opening a session unless given one."""
     from reconciler.observe import observe_hosts
     from reconciler.transport import Session
 
-    scope = {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
+    scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
     if session is not None:
         run.observed = observe_hosts(session, targets, run.salt)

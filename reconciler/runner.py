@@ -45,8 +45,7 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
     store = StateStore(pipeline.state_dir(state))
     with store.lock(f"recon apply {' '.join(files)}", timeout=lock_timeout):
         run = pipeline.prepare(files, state, targets, hosts)
-        scope = {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
-        with Session(scope) as session:
+        with Session(pipeline.hosts_in_scope(run)) as session:
             pipeline.observe(run, session)
             plan = pipeline.plan(run)
             if plan.errors:

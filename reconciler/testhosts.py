@@ -316,6 +316,13 @@ def _port_open(address: str, port: int) -> bool:
 # ----------------------------------------------------------------------------------------- TestHosts
 
 
+def _run(argv: list[str], timeout: float | None, check: bool, input: str | None
+         ) -> subprocess.CompletedProcess[str]:
+    """Run a command, output captured as text; stdin is `input` or nothing."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check, input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+
+
 class TestHosts:
     """A set of test hosts sharing one directory (client key, known_hosts, per-host state).
 
@@ -913,15 +920,7 @@ class TestHosts:
         known_hosts: str | Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run `cmd` on host i over real SSH (strict host-key checking); output captured as text."""
-        return subprocess.run(
-            self.ssh_argv(i, cmd, known_hosts=known_hosts),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
+        return _run(self.ssh_argv(i, cmd, known_hosts=known_hosts), timeout, check, input)
 
     @staticmethod
     def _nsenter(leader: int, argv: Sequence[str]) -> list[str]:
@@ -959,15 +958,7 @@ class TestHosts:
         The process is not under the host's systemd; to run under it and its limits use
         ``systemd-run --wait --pipe ...``.
         """
-        return subprocess.run(
-            self.exec_argv(i, cmd),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
+        return _run(self.exec_argv(i, cmd), timeout, check, input)
 
     def spec(self, indices: Iterable[int], names: Sequence[str] | None = None) -> dict[str, dict[str, object]]:
         """A recon spec `hosts:` mapping for running hosts `indices` (names default node1, node2, ...)."""
