@@ -122,7 +122,9 @@ def recon_hosts_file(hosts: TestHosts, addresses: list[str], n: int) -> Path:
     doc = {"version": 1,
            "hosts": {name: {"address": a, "user": "root", "ssh_key": str(hosts.key),
                             "known_hosts": str(hosts.known_hosts)} for name, a in zip(names, addresses, strict=True)},
-           "defaults": {"hosts": names, "rollout": {"batch_size": "100%", "max_failures": 0}}}
+           "defaults": {"hosts": names, "rollout": {"batch_size": "100%", "max_failures": 0}},
+           # the demo override reads the vault token from the demo's file; the benchmark sets VAULT_TOKEN
+           "services": {"vault-service": {"secrets": {"VAULT_TOKEN": {"from_file": None, "from_env": "VAULT_TOKEN"}}}}}
     path = Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -58,7 +58,33 @@ spec_option = click.option("-f", "--file", "files", multiple=True, required=True
 no_color_option = click.option("--no-color", is_flag=True, help="No colour (also when NO_COLOR is set).")
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ReconGroup(click.Group):
+    """The `recon` group: exit 1 for every usage error (click's own code, 2, means "changes" to CI under
+    `--detailed-exitcode`), and a suggestion for a misspelt command."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[arg-type]
+        except click.ClickException as exc:   # UsageError, BadParameter, NoSuchOption, …
+            exc.show()
+            sys.exit(1)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from reconciler.errors import did_you_mean
+
+            ctx.fail(f"no such command {name!r}.{did_you_mean(name, self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=ReconGroup, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="recon", prog_name="recon")
 def main() -> None:
     """recon: declarative plan/apply for a platform's systemd services.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -66,3 +67,23 @@ class SpecError(ReconError):
         n = len(self.problems)
         lines = [p.render() for p in self.problems]
         return "\n".join(lines) + f"\n{n} problem{'s' if n != 1 else ''} found"
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' Did you mean X?' (or ' Did you mean X, Y or Z?') for the closest names, '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" Did you mean {close[0]!r}?"
+    return " Did you mean " + ", ".join(repr(c) for c in close[:-1]) + f" or {close[-1]!r}?"
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "the spec") -> ReconError:
+    """The error for a service or host name that does not exist, with the closest names and the valid ones."""
+    names = sorted(set(choices))
+    hint = did_you_mean(name, names)
+    listing = f" ({kind}s: {', '.join(names)})" if names and not hint else ""
+    return ReconError(f"no {kind} {name!r} in {where}.{hint}{listing}".replace(". (", " ("))

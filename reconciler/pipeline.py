@@ -7,6 +7,7 @@ and closing host connections); each stage it calls stays pure or single-purpose.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +89,17 @@ class Run:
 
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
-            hosts: Sequence[str] = ()) -> Run:
-    """Load and check the spec, render desired state, read recon's state. No host is contacted."""
+            hosts: Sequence[str] = (), lineage: str | None = None) -> Run:
+    """Load and check the spec, render desired state, read recon's state. No host is contacted, and
+    nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
+    in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply."""
     spec = load_spec(files)
     for h in hosts:
         if h not in spec.hosts:
             raise ReconError(f"--host {h}: no such host (hosts: {', '.join(sorted(spec.hosts))})")
     store = StateStore(state_dir(state_option))
     state = store.load()
-    salt = state.lineage or store.lineage()
+    salt = state.lineage or lineage or str(uuid.uuid4())
     state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
     desired = desired_state(spec, secret_lookup)
     return Run(spec, store, state, salt, desired,

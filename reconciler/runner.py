@@ -44,7 +44,8 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
         auto_approve = True   # the saved plan is what was approved
     store = StateStore(pipeline.state_dir(state))
     with store.lock(f"recon apply {' '.join(files)}", timeout=lock_timeout):
-        run = pipeline.prepare(files, state, targets, hosts)
+        run = pipeline.prepare(files, state, targets, hosts,
+                               lineage=saved.fingerprints.get("lineage") if saved is not None else None)
         with Session(pipeline.hosts_in_scope(run)) as session:
             pipeline.observe(run, session)
             plan = pipeline.plan(run)

@@ -128,15 +128,6 @@ class StateStore:
         return State(serial=int(doc.get("serial", 0)), lineage=str(doc.get("lineage", "")),
                      updated_at=str(doc.get("updated_at", "")), hosts=hosts)
 
-    def lineage(self) -> str:
-        """The lineage, created on first use (also the salt of secret fingerprints)."""
-        st = self.load()
-        if st.lineage:
-            return st.lineage
-        st.lineage = str(uuid.uuid4())
-        self.save(st, bump=False)
-        return st.lineage
-
     def save(self, state: State, bump: bool = True) -> None:
         if not state.lineage:
             state.lineage = str(uuid.uuid4())

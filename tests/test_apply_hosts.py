@@ -15,12 +15,16 @@ from hosttools import CANARY, NAMES, REPO, Mini, _exec, _run_in, health, pids, r
 from reconciler.state import StateStore
 from reconciler.testhosts import TestHost
 
+# the demo override reads the vault token from the demo's file; these tests give it in the environment
+ENV_TOKEN = {"services": {"vault-service": {"secrets": {
+    "VAULT_TOKEN": {"from_file": None, "from_env": "VAULT_TOKEN"}}}}}
+
 
 def test_fresh_apply_of_the_platform_brings_nine_services_up_in_order(testhost: TestHost, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "reconciler.standin.build", "--out", str(REPO / "artifacts")],
                    check=True, capture_output=True)
     hosts = tmp_path / "hosts.yaml"
-    hosts.write_text(yaml.safe_dump({"version": 1, "hosts": {"node1": testhost.spec_entry()}}))
+    hosts.write_text(yaml.safe_dump({"version": 1, "hosts": {"node1": testhost.spec_entry()}, **ENV_TOKEN}))
     files = ["-f", str(REPO / "specs/platform.yaml"), "-f", str(REPO / "specs/overrides/local.yaml"),
              "-f", str(hosts)]
     state = ["--state", str(tmp_path / "state")]

@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,8 +186,7 @@ def write_state_like_apply(state_dir: Path, desired: dict[str, dict[str, Desired
     """The state apply writes after applying `desired` (Applier.record), for drift to be told apart."""
     store = StateStore(state_dir)
     state = store.load()
-    salt = state.lineage or store.lineage()
-    state = store.load()
+    salt = state.lineage = state.lineage or str(uuid.uuid4())
     for host, svcs in desired.items():
         for d in svcs.values():
             state.hosts.setdefault(host, {})[d.service] = ServiceRecord(

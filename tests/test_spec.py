@@ -892,3 +892,23 @@ def test_pure_python_yaml_loader_also_gives_only_spec_errors(monkeypatch, text):
         assert all(p.origin and p.origin.file == "py.yaml" and p.origin.line >= 1 for p in exc.problems)
     else:
         assert layer.data == {"ok": 1}
+
+
+def test_a_later_layers_null_removes_a_key(write):
+    """JSON Merge Patch semantics: an override turns an env secret into a file secret, or drops a limit."""
+    base = write("base.yaml", GOOD)
+    over = write("over.yaml", """
+        version: 1
+        defaults:
+          limits: {memory_high: null}
+        services:
+          api:
+            limits: {memory_max: null}
+    """)
+    spec = load_spec([base, over])
+    assert spec.services["api"].limits.memory_max == 1024**3     # its own 2G is gone: the default applies
+    assert spec.services["api"].limits.memory_high is None
+    assert spec.services["db"].limits.memory_high is None
+    # a null in the first file is no removal: the schema reports it
+    only = write("only.yaml", GOOD.replace("port: 8080", "port: null", 1))
+    assert any("port" in p.path for p in problems(only))

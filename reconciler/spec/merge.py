@@ -1,4 +1,5 @@
-"""Layer spec files left to right (mappings merge, scalars and lists replace) and apply `defaults:`."""
+"""Layer spec files left to right (mappings merge, scalars and lists replace, a later `null` removes a key)
+and apply `defaults:`."""
 
 from __future__ import annotations
 
@@ -36,13 +37,22 @@ def _drop_under(origins: dict[SpecPath, Any], path: SpecPath) -> None:
 
 
 def _merge_into(target: dict[str, Any], layer_data: dict[str, Any], base: SpecPath, layer: Layer,
-                merged: Merged) -> None:
+                merged: Merged, overlay: bool) -> None:
     for key, value in layer_data.items():
         path = (*base, key)
         old = target.get(key, _MISSING)
         if isinstance(old, dict) and isinstance(value, dict):
             merged.origins[path] = layer.origins.get(path, merged.origins.get(path))  # type: ignore[assignment]
-            _merge_into(old, value, path, layer, merged)
+            _merge_into(old, value, path, layer, merged, overlay)
+            continue
+        if value is None and overlay:
+            # a later layer's null removes the key, as in JSON Merge Patch (RFC 7386)
+            if old is not _MISSING:
+                prev = merged.origins.get(path)
+                if prev is not None:
+                    merged.overridden.setdefault(path, []).append((prev, old))
+                _drop_under(merged.origins, path)
+                del target[key]
             continue
         if old is not _MISSING:
             prev = merged.origins.get(path)
@@ -60,12 +70,12 @@ _MISSING = object()
 
 
 def merge_layers(layers: list[Layer]) -> Merged:
-    """Deep-merge parsed files in order; later files win."""
+    """Deep-merge parsed files in order; later files win, and a later file's `null` removes a key."""
     merged = Merged({}, [layer.file for layer in layers])
-    for layer in layers:
+    for i, layer in enumerate(layers):
         if () not in merged.origins:
             merged.origins[()] = layer.origins.get((), Origin(layer.file, 1))
-        _merge_into(merged.data, layer.data, (), layer, merged)
+        _merge_into(merged.data, layer.data, (), layer, merged, overlay=i > 0)
     return merged
 
 
