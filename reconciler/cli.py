@@ -98,7 +98,8 @@ def main() -> None:
 
 @main.command()
 @spec_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
 @click.option("--skip-artifacts", is_flag=True, help="Do not check artifact files and checksums.")
 def validate(files: Sequence[str], fmt: str, skip_artifacts: bool) -> None:
     """Check spec files: schema, references, cycles, port clashes, units, artifacts.
@@ -228,25 +229,42 @@ def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detaile
 
 @main.command()
 @spec_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
+              help="text for people, json for machines, markdown for pull requests.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no drift, 1 error, 2 drift.")
-@click.option("--host", "hosts", multiple=True, metavar="HOST")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
 @state_option
 @no_color_option
 @click.pass_context
 def drift(ctx: click.Context, files: Sequence[str], fmt: str, detailed_exitcode: bool, hosts: Sequence[str],
           state: str | None, no_color: bool) -> None:
-    """Show only drift (same as `recon plan --refresh-only`), for scheduled CI checks."""
+    """Show only drift (same as `recon plan --refresh-only`), for scheduled CI checks.
+
+    Drift is what changed on the hosts outside recon since it last applied: a hand-edited config or
+    unit, a stopped service, a limit set at run time. Changes of the spec are not shown.
+
+    \b
+    Examples:
+      recon drift -f specs/platform.yaml -f specs/overrides/prod.yaml
+      recon drift -f … --detailed-exitcode --format markdown   # nightly CI: exit 2 on drift
+    """
     ctx.invoke(plan, files=files, fmt=fmt, as_json=False, out=None, detailed_exitcode=detailed_exitcode,
                targets=(), hosts=hosts, refresh_only=True, state=state, no_color=no_color)
 
 
 @main.command()
 @click.argument("planfile", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
+              help="text for people, json for machines, markdown for pull requests.")
 @no_color_option
 def show(planfile: str, fmt: str, no_color: bool) -> None:
-    """Print a saved plan (from `recon plan -o PLANFILE`) in any format."""
+    """Print a saved plan (from `recon plan -o PLANFILE`) in any format. No host is contacted.
+
+    \b
+    Examples:
+      recon show release.plan
+      recon show release.plan --format markdown > plan.md
+    """
     from reconciler.planfile import load_plan
 
     try:
@@ -305,7 +323,8 @@ def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, target
 @spec_option
 @click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only on this host (default: all its hosts).")
 @click.option("--to", "to_version", metavar="VERSION", help="The kept release to go to (default: the previous one).")
-@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True)
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another apply's lock.")
 @state_option
 @no_color_option
 def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_version: str | None,
@@ -329,40 +348,63 @@ def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_versio
 
 @main.command()
 @click.argument("service", required=False)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
 @click.option("-n", "--limit", default=50, show_default=True, help="Show the newest N entries.")
 @state_option
 def history(service: str | None, fmt: str, limit: int, state: str | None) -> None:
-    """What was applied, when, by whom, with what result (newest last)."""
+    """What was applied, when, by whom, with what result (newest last).
+
+    \b
+    Examples:
+      recon history                    # every service
+      recon history control-center -n 10
+      recon history --format json      # for scripts
+    """
+    from reconciler.errors import unknown_name
     from reconciler.pipeline import state_dir
+    from reconciler.render.history import render_history_text
     from reconciler.state import StateStore
 
-    entries = [e for e in StateStore(state_dir(state)).history() if not service or e.get("service") == service]
-    entries = entries[-limit:]
+    store = StateStore(state_dir(state))
+    try:
+        every = store.history()
+        if service and not any(e.get("service") == service for e in every):
+            known = {str(e.get("service")) for e in every} | {s for svcs in store.load().hosts.values() for s in svcs}
+            if service not in known:
+                raise unknown_name("service", service, known, where="recon's state or history")
+    except ReconError as exc:
+        fail(exc)
+        return
+    entries = [e for e in every if not service or e.get("service") == service][-limit:]
     if fmt == "json":
         click.echo(json.dumps(entries, indent=2))
         return
     if not entries:
-        click.echo("No history yet." if not service else f"No history for {service}.")
+        click.echo("No history yet." if not service else f"No history for {service} yet.")
         return
-    for e in entries:
-        ver = e.get("to") or ""
-        if e.get("from") and e.get("from") != e.get("to"):
-            ver = f"{e.get('from')} → {e.get('to')}"
-        detail = f"  ({e['detail']})" if e.get("detail") else ""
-        click.echo(f"{e.get('time', '')[:19].replace('T', ' ')}  #{e.get('serial', '?'):<4} {e.get('user', '?')}@"
-                   f"{e.get('machine', '?')}  {e.get('host')}/{e.get('service')}  {e.get('action')} {ver}  "
-                   f"→ {e.get('result')}{detail}")
+    click.echo(render_history_text(entries), nl=False)
 
 
 @main.command()
 @spec_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--host", "hosts", multiple=True, metavar="HOST")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
 @state_option
 @no_color_option
 def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | None, no_color: bool) -> None:
-    """Per host and service: desired vs running version, systemd state, health, memory."""
+    """Per host and service: desired vs running version, systemd state, health, memory.
+
+    Every host is read with one batched command. A host that cannot be reached lists each of its
+    services as unreachable, with the reason. Exit 0 when every service is healthy on its desired
+    version, 1 otherwise.
+
+    \b
+    Examples:
+      recon status -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon status -f … --host node1 --format json
+    """
     from reconciler.runner import status_command
 
     try:
@@ -377,7 +419,15 @@ def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | No
 @click.argument("lock_id", required=False)
 @state_option
 def force_unlock(lock_id: str | None, state: str | None) -> None:
-    """Remove the state lock left by an apply that is gone (give its lock id to be safe)."""
+    """Remove the state lock left by an apply that is gone (give its lock id to be safe).
+
+    A lock whose holder crashed on this machine is taken over by the next apply anyway; this is for a
+    holder on another machine. The error of a locked apply prints the holder and its lock id.
+
+    \b
+    Example:
+      recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77
+    """
     from reconciler.pipeline import state_dir
     from reconciler.state import StateStore, describe_holder
 
@@ -394,7 +444,8 @@ def force_unlock(lock_id: str | None, state: str | None) -> None:
 @click.argument("head")
 @click.option("-f", "--file", "files", multiple=True, metavar="SPEC",
               help="Spec file path(s) read at BASE and at HEAD (git refs). Without -f, BASE and HEAD are files.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
+              help="text for people, json for machines, markdown for pull requests.")
 @no_color_option
 def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -> None:
     """Review a spec change without touching any host: what changes per service, and what is risky.

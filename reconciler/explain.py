@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler.errors import Problem, SpecError
+from reconciler.errors import Problem, SpecError, did_you_mean
 from reconciler.spec import load_merged
 from reconciler.spec.loader import SpecPath, format_path
 from reconciler.spec.merge import Merged, apply_defaults
@@ -95,9 +95,10 @@ def explain(files: Sequence[str], address: str) -> str:
         part = path[depth]
         if isinstance(parent, list) and str(part).isdigit():
             part = int(part)
-        missing = format_path((*parent_path, part))
         full = format_path((*parent_path, part, *path[depth + 1:]))
-        raise SpecError([Problem(f"{missing} is not set in any file", full,
+        hint = did_you_mean(str(part), keys).strip()
+        what = f"{part!r} is not set in any file" + (f" under {format_path(parent_path)}" if parent_path else "")
+        raise SpecError([Problem(what + (f". {hint}" if hint else ""), full,
                                  merged.origin_of(parent_path), expected=expected)]) from None
     origin = merged.origins.get(path)
     lines = [f"{format_path(path)} = {_show(value)}"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredService, desired_state
-from reconciler.errors import ReconError
+from reconciler.errors import ReconError, unknown_name
 from reconciler.observe import ObservedHost, Target
 from reconciler.plan import Plan, fingerprint, make_plan
 from reconciler.spec import Spec, load_spec
@@ -49,7 +49,7 @@ def with_dependencies(spec: Spec, names: Iterable[str]) -> set[str]:
     todo = list(names)
     for n in todo:
         if n not in spec.services:
-            raise ReconError(f"--target {n}: no such service (services: {', '.join(sorted(spec.services))})")
+            raise unknown_name("service", n, spec.services, where=f"the spec (--target {n})")
     while todo:
         n = todo.pop()
         if n in out:
@@ -89,22 +89,27 @@ class Run:
 
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
-            hosts: Sequence[str] = (), lineage: str | None = None) -> Run:
+            hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = ()) -> Run:
     """Load and check the spec, render desired state, read recon's state. No host is contacted, and
     nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
-    in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply."""
+    in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply.
+
+    Names given on the command line (`services`, `--target`, `--host`) are checked before anything
+    else is read (secrets included), with the closest names suggested."""
     spec = load_spec(files)
+    for name in services:
+        if name not in spec.services:
+            raise unknown_name("service", name, spec.services)
     for h in hosts:
         if h not in spec.hosts:
-            raise ReconError(f"--host {h}: no such host (hosts: {', '.join(sorted(spec.hosts))})")
+            raise unknown_name("host", h, spec.hosts, where=f"the spec (--host {h})")
+    wanted = with_dependencies(spec, targets) if targets else None
     store = StateStore(state_dir(state_option))
     state = store.load()
     salt = state.lineage or lineage or str(uuid.uuid4())
     state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
     desired = desired_state(spec, secret_lookup)
-    return Run(spec, store, state, salt, desired,
-               targets=with_dependencies(spec, targets) if targets else None,
-               hosts=set(hosts) if hosts else None)
+    return Run(spec, store, state, salt, desired, targets=wanted, hosts=set(hosts) if hosts else None)
 
 
 def hosts_in_scope(run: Run) -> dict[str, Host]:

@@ -113,9 +113,7 @@ def rollback_command(files: Sequence[str], service: str, hosts: Sequence[str], t
 
     store = StateStore(pipeline.state_dir(state))
     with store.lock(f"recon rollback {service}", timeout=lock_timeout):
-        run = pipeline.prepare(files, state, (), hosts)
-        if service not in run.spec.services:
-            raise ReconError(f"no service {service!r} in the spec")
+        run = pipeline.prepare(files, state, (), hosts, services=(service,))
         on = [h for h in run.spec.services[service].hosts if not hosts or h in hosts]
         scope = {h: run.spec.hosts[h] for h in on}
         with Session(scope) as session:
@@ -162,7 +160,12 @@ def status_command(files: Sequence[str], hosts: Sequence[str], state: str | None
             continue
         obs = run.observed.get(host)
         if obs is None or obs.error:
-            errors.append(obs.error if obs else f"{host}: not observed")
+            error = str(obs.error) if obs else f"{host}: not observed"
+            errors.append(error)
+            # every service of an unreachable host is listed, so a host that is down never reads as "0/0"
+            rows.extend({"host": host, "service": name, "desired": d.version, "installed": None, "running": None,
+                         "state": "unreachable", "health": "-", "healthy": False, "memory": "-",
+                         "memory_max": "-", "restarts": 0, "pid": 0, "error": error} for name, d in svcs.items())
             continue
         for name, d in svcs.items():
             o = obs.services.get(name)
@@ -197,7 +200,9 @@ def _print_status(rows: list[dict[str, Any]], errors: list[str], color: bool) ->
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(force_terminal=color, no_color=not color, highlight=False, width=120)
+    from reconciler.render.terminal import output_width
+
+    console = Console(force_terminal=color, no_color=not color, highlight=False, width=output_width())
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("HOST", "SERVICE", "DESIRED", "RUNNING", "STATE", "HEALTH", "MEMORY", "MAX", "RESTARTS"):
         table.add_column(col)
@@ -210,7 +215,7 @@ def _print_status(rows: list[dict[str, Any]], errors: list[str], color: bool) ->
                       r["memory"], r["memory_max"], str(r["restarts"]))
     console.print(table)
     for e in errors:
-        console.print(f"[red]✗ {e}[/]")
+        console.print(f"✗ {e}", style="red", markup=False)
     healthy = sum(1 for r in rows if r["healthy"])
     console.print(f"\n{healthy}/{len(rows)} services healthy, "
                   f"{sum(1 for r in rows if r['running'] == r['desired'])}/{len(rows)} on the desired version.")

@@ -25,8 +25,8 @@ Python API::
 
 CLI: ``python -m reconciler.testhosts up N | down | list | ssh I CMD.. | exec I CMD.. | addr I | spec I..``
 
-The facts behind each step (verified on Debian 12, systemd 252, PID 1 not systemd, hybrid cgroups):
-``/work/shared/notes/systemd-test-host.md``.
+Every step above was verified on Debian 12 (systemd 252, PID 1 not systemd, hybrid cgroups), the machine
+kind the project's tests and CI run on; docs/design.md ("Test hosts") says why the tests use real hosts.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 if [ "${CI:-}" = true ] || [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -197,10 +197,11 @@ def test_explain_a_value_from_defaults():
 def test_explain_missing_path_is_a_clear_error():
     r = recon("explain", "orchestrator.limits.nope", "-f", PLATFORM)
     assert r.returncode == 1 and r.stdout == ""
-    assert "services.orchestrator.limits.nope is not set in any file" in r.stderr
+    assert "'nope' is not set in any file under services.orchestrator.limits" in r.stderr
     assert "expected one of cpu_quota, memory_high, memory_max, nofile, tasks_max" in r.stderr
     r = recon("explain", "nosuch.port", "-f", PLATFORM)
-    assert r.returncode == 1 and "services.nosuch is not set in any file (expected one of ai-service" in r.stderr
+    assert r.returncode == 1
+    assert "'nosuch' is not set in any file under services (expected one of ai-service" in r.stderr
     r = recon("explain", "orchestrator.port", "-f", "nope.yaml")
     assert r.returncode == 1 and "nope.yaml: spec file not found" in r.stderr
     assert "Traceback" not in r.stderr

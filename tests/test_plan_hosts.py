@@ -428,9 +428,9 @@ def test_target_and_host_select_what_is_planned(make_testhosts: MakeTestHosts, t
     doc = plan_json(tmp_path, [spec], "--target", "orchestrator", "--host", "node1", check=0)
     assert [c["address"] for c in doc["changes"]] == ["node1/orchestrator"]
     res = plan(tmp_path, [spec], "--target", "nope", check=1)
-    assert "--target nope: no such service" in res.stderr
+    assert "no service 'nope' in the spec (--target nope)" in res.stderr
     res = plan(tmp_path, [spec], "--host", "node9", check=1)
-    assert "--host node9: no such host" in res.stderr
+    assert "no host 'node9' in the spec (--host node9)" in res.stderr
 
 
 def test_refresh_only_shows_only_drift(testhost: TestHost, testhosts_pool: TestHosts, testhosts_spec: HostsSpec,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -259,3 +261,22 @@ def test_secrets_are_never_printed(plan: Plan, color: bool) -> None:
             if f["sensitive"]:
                 assert f["before"] in (MASK, None) and f["after"] == MASK
     assert CANARY in repr(plan)  # the renderers did not mutate the plan to hide it
+
+
+def test_text_is_as_wide_as_the_terminal_and_unwrapped_in_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COLUMNS (or the terminal's width) sets the width; a pipe or file gets lines that never wrap."""
+    from reconciler.render.terminal import UNWRAPPED, output_width
+
+    long_host = "node-with-a-rather-long-name-in-a-big-fleet"
+    c = change("control-center", "update", FieldChange("config.server.workers", 8, 16, "drift"), host=long_host)
+    plan = Plan(changes=[c], errors=["node9: cannot connect to host 'node9' (root@10.0.0.9:22): Unable to connect "
+                                     "to port 22 on 10.0.0.9 after trying for a while"])
+    monkeypatch.setenv("COLUMNS", "200")
+    assert output_width() == 200
+    wide = render_text(plan, color=False)
+    assert any("[drift]" in ln and long_host in ln for ln in wide.splitlines())
+    assert any("Unable to connect to port 22 on 10.0.0.9 after" in ln for ln in wide.splitlines())
+    monkeypatch.delenv("COLUMNS")
+    assert output_width(io.StringIO()) == UNWRAPPED       # not a terminal
+    narrow = render_text(plan, color=False, width=60)
+    assert not any("[drift]" in ln and long_host in ln for ln in narrow.splitlines())

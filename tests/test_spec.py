@@ -446,10 +446,10 @@ def test_explain_lists_and_missing_paths(write):
     with pytest.raises(SpecError) as info:
         explain([f], "api.limits.nope")
     (p,) = info.value.problems
-    assert p.message == "services.api.limits.nope is not set in any file"
+    assert p.message == "'nope' is not set in any file under services.api.limits"
     assert p.expected == "one of cpu_quota, memory_high, memory_max, tasks_max"
     assert where(p) == (f, line_of(text, "limits: {memory_max: 2G"))
-    with pytest.raises(SpecError, match=r"services\.ghost is not set"):
+    with pytest.raises(SpecError, match=r"'ghost' is not set in any file under services"):
         explain([f], "ghost.port")
     with pytest.raises(SpecError, match="an index below 2"):
         explain([f], "api.args.7")

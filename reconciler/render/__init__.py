@@ -8,11 +8,11 @@ from __future__ import annotations
 from reconciler.plan import Plan
 from reconciler.render.jsonout import render_json
 from reconciler.render.markdown import render_markdown
-from reconciler.render.text import print_text, render_text
+from reconciler.render.text import render_text
 
 FORMATS = ("text", "json", "markdown")
 
-__all__ = ["FORMATS", "print_text", "render", "render_json", "render_markdown", "render_text"]
+__all__ = ["FORMATS", "render", "render_json", "render_markdown", "render_text"]
 
 
 def render(plan: Plan, fmt: str = "text", color: bool = False) -> str:

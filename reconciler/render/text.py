@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 
 from rich.console import Console
 from rich.text import Text
@@ -32,6 +31,7 @@ from reconciler.render.common import (
     summary_line,
     wave_label,
 )
+from reconciler.render.terminal import output_width
 
 ACTION_STYLES: dict[str, str] = {
     "create": "green",
@@ -179,18 +179,13 @@ def _renderables(plan: Plan, width: int) -> list[Text]:
     return out
 
 
-def render_text(plan: Plan, color: bool, width: int = 100) -> str:
-    """The plan as terminal text; `color=False` yields plain text without any ANSI escape code."""
+def render_text(plan: Plan, color: bool, width: int | None = None) -> str:
+    """The plan as terminal text, as wide as the terminal (`output_width`) unless `width` is given;
+    `color=False` yields plain text without any ANSI escape code."""
+    width = width or output_width()
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
                       color_system="standard" if color else None, emoji=False, markup=False)
     console.print(Text("\n").join(_renderables(plan, width)))
     text = buf.getvalue()
     return text if color else _ANSI.sub("", text)
-
-
-def print_text(plan: Plan, color: bool) -> None:
-    """Write the plan to stdout, as wide as the terminal (100 columns when not a terminal)."""
-    width = Console().width if sys.stdout.isatty() else 100
-    sys.stdout.write(render_text(plan, color, width=width))
-    sys.stdout.flush()
