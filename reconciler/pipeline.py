@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import DesiredService, desired_state
+from reconciler.desired import DesiredService, desired_state, sha256_text
 from reconciler.errors import ReconError, unknown_name
 from reconciler.observe import ObservedHost, Target
-from reconciler.plan import Plan, fingerprint, make_plan
+from reconciler.plan import Plan, make_plan
 from reconciler.spec import Spec, load_spec
 from reconciler.spec.model import Host, Secret
 from reconciler.state import State, StateStore
@@ -141,15 +141,20 @@ def plan(run: Run, refresh_only: bool = False) -> Plan:
     return p
 
 
-def desired_fingerprint(run: Run) -> str:
-    return fingerprint({h: {n: [d.version, d.sha256, d.config_text, d.unit_text, d.secrets_hash(run.salt)]
-                            for n, d in svcs.items()} for h, svcs in run.desired.items()})
+def _digest(text: str | None) -> str | None:
+    return None if text is None else sha256_text(text)[:16]
 
 
 def fingerprints(run: Run) -> dict[str, Any]:
+    """What a saved plan pins, per host and service, as short comparable values: the desired release
+    (version, artifact, config, unit, salted secrets) and the observed facts the plan was made from
+    (`ObservedService.fingerprint`, texts as digests), plus the state's serial and lineage."""
     return {
-        "spec": desired_fingerprint(run),
-        "hosts": {h: fingerprint({n: s.fingerprint() for n, s in o.services.items()})
+        "spec": {h: {n: {"version": d.version, "artifact": d.sha256[:16], "config": _digest(d.config_text),
+                         "unit": _digest(d.unit_text), "secrets": d.secrets_hash(run.salt)}
+                     for n, d in sorted(svcs.items())} for h, svcs in sorted(run.desired.items())},
+        "hosts": {h: {n: {k: _digest(v) if k in ("config", "unit") else v for k, v in s.fingerprint().items()}
+                      for n, s in sorted(o.services.items())}
                   for h, o in sorted(run.observed.items()) if o.ok},
         "state_serial": run.state.serial,
         "lineage": run.salt,

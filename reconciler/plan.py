@@ -12,7 +12,6 @@ services that differ.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -699,7 +698,3 @@ def _dropin_notes(host: str, d: DesiredService, o: ObservedService) -> list[str]
             continue
         out.append(f"{host}: {d.unit_name} has a drop-in recon does not manage: {path} (left alone)")
     return out
-
-
-def fingerprint(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -189,13 +189,13 @@ def test_lock_refuses_a_second_apply_and_a_stale_saved_plan_is_refused(testhost:
     m.run("plan", "-o", str(tmp_path / "p1.plan"), check=0)
     _exec(testhost, "systemctl stop provisioning-mcp-server.service")
     res = recon("apply", str(tmp_path / "p1.plan"), "--state", str(tmp_path / "state"), cwd=tmp_path, check=1)
-    assert "stale" in res.stderr and "host node1 changed" in res.stderr
+    assert "stale" in res.stderr and "node1/mcp-server: ActiveState active → inactive (host)" in res.stderr
     # … and when the spec moves
     m.run("plan", "-o", str(tmp_path / "p2.plan"), check=0)
     m.versions["orchestrator"] = "5.0.1"
     m.write()
     res = recon("apply", str(tmp_path / "p2.plan"), "--state", str(tmp_path / "state"), cwd=tmp_path, check=1)
-    assert "stale" in res.stderr and "spec" in res.stderr
+    assert "stale" in res.stderr and "node1/orchestrator: version 5.0.0 → 5.0.1 (spec)" in res.stderr
     # a fresh saved plan applies exactly
     m.run("plan", "-o", str(tmp_path / "p3.plan"), check=0)
     res = recon("apply", str(tmp_path / "p3.plan"), "--state", str(tmp_path / "state"), cwd=tmp_path, check=0)
