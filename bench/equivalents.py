@@ -3,7 +3,7 @@
     bench/setup.sh && .venv/bin/python bench/equivalent/render.py      # once
     .venv/bin/python bench/equivalents.py --hosts 1 [--hosts 20] [--tools pyinfra,ansible] [--converged-runs 3]
 
-Run with recon's venv (it boots hosts with `reconciler.testhosts` and checks them with
+Run with recon's venv (it boots hosts with `testhosts` and checks them with
 bench/equivalent/verify.py); the tools themselves run from bench/.venv. Per tool and host count:
 tear down and boot N fresh hosts, then time whole processes:
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(EQ))
 from verify import DEFAULT_SPECS, check_host  # noqa: E402
 
 from reconciler.spec import load_spec  # noqa: E402
-from reconciler.testhosts import TestHosts  # noqa: E402
+from testhosts import TestHosts  # noqa: E402
 
 PYINFRA = BENCH / ".venv/bin/pyinfra"
 ANSIBLE_PLAYBOOK = BENCH / ".venv/bin/ansible-playbook"

@@ -99,7 +99,7 @@ class Session:
         self.close()
 
     def open(self) -> None:
-        _forget_known_hosts_cache()
+        forget_known_hosts_cache()
         names: list[Any] = []
         for h in self.hosts.values():
             name, data = _inventory_entry(h)
@@ -162,7 +162,7 @@ class Session:
         return {name: job.value for name, job in jobs.items()}
 
 
-def _forget_known_hosts_cache() -> None:
+def forget_known_hosts_cache() -> None:
     """pyinfra memoizes known_hosts files per path for the process: re-read them for each session."""
     try:
         from pyinfra.connectors.sshuserclient.client import get_host_keys

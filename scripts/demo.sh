@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${RECON_DEMO_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh
 DEMO=/tmp/recon-demo
-HOSTS=(.venv/bin/python -m reconciler.testhosts --dir "$DEMO" --net 127.0.20 --prefix rdemo)
+HOSTS=(.venv/bin/python -m testhosts --dir "$DEMO" --net 127.0.20 --prefix rdemo)
 SPEC=(-f specs/platform.yaml -f specs/overrides/local.yaml)
 recon() { echo; echo "\$ recon $*"; .venv/bin/recon "$@"; }
 

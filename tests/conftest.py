@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real systemd test hosts (reconciler.testhosts) for tests marked `host`.
+"""Shared pytest fixtures: real systemd test hosts (testhosts) for tests marked `host`.
 
 - ``testhosts_pool`` (session): a TestHosts with a directory, net and prefix of its own for this run
   (slot K of RECON_TEST_HOSTS_BASE, default /tmp/recon-pytest-hosts: net 127.0.(200+K), prefix rptK;
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.testhosts import MAX_INDEX, TestHost, TestHostError, TestHosts, hosts_spec
+from reconciler.transport import forget_known_hosts_cache
+from testhosts import MAX_INDEX, TestHost, TestHostError, TestHosts, hosts_spec
 
 POOL_BASE = Path(os.environ.get("RECON_TEST_HOSTS_BASE", "/tmp/recon-pytest-hosts"))
 SLOTS = 40  # concurrent pytest runs (or xdist workers) on one machine; slot K uses net 127.0.(200+K)
@@ -38,18 +39,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.host)
-
-
-def _forget_pyinfra_host_keys() -> None:
-    """pyinfra memoizes known_hosts files per path for the whole process: drop that after (re)boots,
-    or in-process pyinfra connections would not see the keys of hosts booted later."""
-    try:
-        from pyinfra.connectors.sshuserclient.client import get_host_keys
-    except ImportError:
-        return
-    cache = getattr(get_host_keys, "cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
 
 
 def _acquire_slot() -> tuple[int, int]:
@@ -122,14 +111,14 @@ def make_testhosts(testhosts_pool: TestHosts, _testhost_indices: _Indices) -> It
         except TestHostError as e:
             error = str(e)
         else:
-            _forget_pyinfra_host_keys()
+            forget_known_hosts_cache()
             return hosts
         pytest.fail(f"test host(s) failed to boot:\n{error}", pytrace=False)
 
     yield make
     if booted:
         testhosts_pool.down(booted)
-        _forget_pyinfra_host_keys()
+        forget_known_hosts_cache()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.testhosts import TestHost
+from testhosts import TestHost
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY = "canary-Zq8vT3-secret-value"

@@ -13,7 +13,7 @@ import yaml
 from hosttools import CANARY, NAMES, REPO, Mini, _exec, _run_in, health, pids, recon, show
 
 from reconciler.state import StateStore
-from reconciler.testhosts import TestHost
+from testhosts import TestHost
 
 # the demo override reads the vault token from the demo's file; these tests give it in the environment
 ENV_TOKEN = {"services": {"vault-service": {"secrets": {

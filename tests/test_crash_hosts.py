@@ -14,7 +14,7 @@ from typing import Any
 from hosttools import CANARY, NAMES, Mini, _exec, health
 
 from reconciler.state import StateStore
-from reconciler.testhosts import TestHost
+from testhosts import TestHost
 
 POINTS = 20
 

@@ -27,7 +27,7 @@ import yaml
 from reconciler.desired import DesiredService, desired_state
 from reconciler.spec import load_spec
 from reconciler.state import ServiceRecord, StateStore, now_iso
-from reconciler.testhosts import TestHost, TestHosts
+from testhosts import TestHost, TestHosts
 
 pytestmark = pytest.mark.host
 

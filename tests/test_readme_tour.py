@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.testhosts import TestHosts
+from testhosts import TestHosts
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = ["--dir", "/tmp/recon-demo", "--net", "127.0.20", "--prefix", "rdemo"]

@@ -18,7 +18,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.api.host import Host
 
-from reconciler.testhosts import TestHost, TestHostError, TestHosts, hosts_spec
+from testhosts import TestHost, TestHostError, TestHosts, hosts_spec
 
 pytestmark = pytest.mark.host
 

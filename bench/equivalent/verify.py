@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from reconciler.desired import desired_service  # noqa: E402
 from reconciler.spec import load_spec  # noqa: E402
-from reconciler.testhosts import TestHosts  # noqa: E402
+from testhosts import TestHosts  # noqa: E402
 
 DEFAULT_SPECS = [str(REPO / "specs/platform.yaml"), str(REPO / "specs/overrides/local.yaml")]
 

@@ -1,66 +1,52 @@
-"""Boot and manage real systemd test hosts for recon's tests, demo and benchmarks.
-
-One job: give recon real hosts to reconcile. Each test host is a ``systemd-nspawn`` container running
-systemd as PID 1 on this machine, with its own sshd on its own loopback address (host I at NET.I, all of
-127/8 routes to lo), reachable over real SSH (generated ed25519 client key, generated host keys, a
-``known_hosts`` for strict host-key checking) and, for the harness itself, through ``nsenter``.
-
-Root filesystem of a host: an overlay (lower = this machine's ``/``, upper = a tmpfs), mounted in a
-private mount namespace that dies with the container, so every write vanishes at ``down``. cgroups
-(v1/hybrid machines): the container lives in its own child cgroups, and the v1 ``memory``, ``pids``,
-``cpu`` and ``cpuacct`` hierarchies are made writable inside it, so ``MemoryMax=``, ``TasksMax=`` and
-``CPUQuota=`` are really enforced. Units a test host does not need are masked, the machine's own
-unit enablements (``/etc/systemd/system/*.wants``) are dropped, sshd gets a self-contained config, and
-root gets an empty ``.bashrc``/``.profile``. ``/etc`` stays writable (``useradd`` works), and services
-may bind the host's address.
-
-Python API::
-
-    hosts = TestHosts()                 # dir/net/prefix default to $TESTHOSTS_DIR/_NET/_PREFIX
-    h1, h2 = hosts.up([1, 2])           # boots in parallel, keeps running ones -> list[TestHost]
-    hosts.ssh(1, "systemctl is-system-running")   # real ssh -> CompletedProcess[str]
-    hosts.exec(1, ["cat", "/etc/hostname"])       # nsenter, clean env -> CompletedProcess[str]
-    h1.spec_entry()                     # recon spec `hosts:` entry
-    hosts.down()                        # halt all (in parallel), remove cgroups and dirs
-
-CLI: ``python -m reconciler.testhosts up N | down | list | ssh I CMD.. | exec I CMD.. | addr I | spec I..``
-
-Every step above was verified on Debian 12 (systemd 252, PID 1 not systemd, hybrid cgroups), the machine
-kind the project's tests and CI run on; docs/design.md ("Test hosts") says why the tests use real hosts.
-"""
+"""Boot, reach and halt test hosts: systemd-nspawn containers with systemd as PID 1 and sshd on NET.I."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import errno
 import fcntl
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DIR = "/tmp/recon-testhosts"
-DEFAULT_NET = "127.0.10"
-DEFAULT_PREFIX = "rtest"
-DEFAULT_RW_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
-DEFAULT_TMPFS_SIZE = "2G"
-INSTALL_HINT = "apt-get update && apt-get install -y systemd-container openssh-server"
-IN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SYSTEMD = "/lib/systemd/systemd"
-SSH_PORT = 22
-MAX_INDEX = 254
+from testhosts.model import (
+    DEFAULT_DIR,
+    DEFAULT_NET,
+    DEFAULT_PREFIX,
+    DEFAULT_RW_CONTROLLERS,
+    DEFAULT_TMPFS_SIZE,
+    IN_PATH,
+    INSTALL_HINT,
+    MAX_INDEX,
+    SSH_PORT,
+    SYSTEMD,
+    TestHost,
+    TestHostError,
+    hosts_spec,
+)
+from testhosts.proc import (
+    _children,
+    _own_cgroups,
+    _port_free,
+    _port_open,
+    _proc_cmdline,
+    _proc_comm,
+    _proc_ppid,
+    _proc_state,
+    _raise_sysctls,
+    _read_int,
+    _remove_cgroup,
+    _run,
+    _tail,
+)
 
 # Units a test host does not need (or that misbehave in a container). The machine's own enablements
 # (/etc/systemd/system/*.wants, *.requires) are dropped anyway; these are pulled in statically.
@@ -93,12 +79,8 @@ MASKED_UNITS = (
     "exim4.service",
 )
 
-# The containers share this machine's root user, hence its inotify quota (default 128 instances: about
-# 20 hosts' worth); up() raises these machine-wide minimums, never lowers them.
-SYSCTL_MINIMUMS = {"fs/inotify/max_user_instances": 8192, "fs/inotify/max_user_watches": 524288}
-
 SSHD_CONFIG = """\
-# written by reconciler.testhosts: this test host's sshd, self-contained (no Include)
+# written by testhosts: this test host's sshd, self-contained (no Include)
 ListenAddress {address}:{port}
 HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
@@ -146,181 +128,6 @@ exec systemd-nspawn --quiet --register=no --keep-unit -D "$R" -M "$NAME" \
     --console=read-only --kill-signal=SIGRTMIN+3 \
     /bin/sh -c "$REMOUNT exec /lib/systemd/systemd"
 """
-
-
-class TestHostError(RuntimeError):
-    """A test host could not be booted, reached or halted (the message says why and what to do)."""
-
-    __test__ = False
-
-
-@dataclass(frozen=True)
-class TestHost:
-    """One running test host."""
-
-    __test__ = False
-
-    index: int
-    name: str
-    address: str
-    leader_pid: int
-    ssh_key: Path = Path(DEFAULT_DIR) / "id_ed25519"
-    known_hosts: Path = Path(DEFAULT_DIR) / "known_hosts"
-    port: int = SSH_PORT
-    user: str = "root"
-
-    def spec_entry(self) -> dict[str, object]:
-        """This host's entry for the `hosts:` mapping of a recon spec."""
-        return {
-            "address": self.address,
-            "port": self.port,
-            "user": self.user,
-            "ssh_key": str(self.ssh_key),
-            "known_hosts": str(self.known_hosts),
-        }
-
-
-def hosts_spec(hosts: Sequence[TestHost], names: Sequence[str] | None = None) -> dict[str, dict[str, object]]:
-    """A recon spec `hosts:` mapping for `hosts`: names[k] (default node1, node2, ...) -> spec entry."""
-    if names is None:
-        names = [f"node{k}" for k in range(1, len(hosts) + 1)]
-    if len(names) != len(hosts):
-        raise ValueError(f"{len(names)} names for {len(hosts)} hosts")
-    return {name: host.spec_entry() for name, host in zip(names, hosts, strict=True)}
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _proc_state(pid: int) -> str | None:
-    """The state letter of process `pid` (R, S, Z, ...) or None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _proc_ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _proc_cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _proc_comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no {path.name})"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # console colours
-    return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"
-
-
-def _own_cgroups() -> dict[str, str]:
-    """Hierarchy key (controller, 'name=systemd', 'unified') -> this process's cgroup path."""
-    res: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        hid, controllers, path = line.split(":", 2)
-        if hid == "0":
-            res["unified"] = path
-        else:
-            for c in controllers.split(","):
-                res[c] = path
-    return res
-
-
-def _cgroup_procs(top: Path) -> set[int]:
-    pids: set[int] = set()
-    for dirpath, _dirs, _files in os.walk(top):
-        with contextlib.suppress(OSError, ValueError):
-            pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
-    return pids
-
-
-def _remove_cgroup(top: Path, timeout: float = 5.0) -> None:
-    """Kill whatever is left in cgroup subtree `top`, then remove it bottom-up."""
-    deadline = time.monotonic() + timeout
-    while top.exists():
-        for pid in _cgroup_procs(top):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
-        if not top.exists():
-            return
-        if time.monotonic() > deadline:
-            raise TestHostError(f"cannot remove cgroup {top} (processes left: {sorted(_cgroup_procs(top))})")
-        time.sleep(0.05)
-
-
-def _raise_sysctls() -> None:
-    for key, minimum in SYSCTL_MINIMUMS.items():
-        path = Path("/proc/sys", key)
-        with contextlib.suppress(OSError, ValueError):
-            if int(path.read_text()) < minimum:
-                path.write_text(f"{minimum}\n")
-
-
-def _port_free(address: str, port: int) -> bool:
-    """False when something (a wildcard or this exact address) listens on address:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
-
-
-def _port_open(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-# ----------------------------------------------------------------------------------------- TestHosts
-
-
-def _run(argv: list[str], timeout: float | None, check: bool, input: str | None
-         ) -> subprocess.CompletedProcess[str]:
-    """Run a command, output captured as text; stdin is `input` or nothing."""
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check, input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL)
 
 
 class TestHosts:
@@ -964,98 +771,3 @@ class TestHosts:
         """A recon spec `hosts:` mapping for running hosts `indices` (names default node1, node2, ...)."""
         return hosts_spec([self.host(i) for i in indices], names)
 
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def _cli(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m reconciler.testhosts",
-        description="Real systemd test hosts (systemd-nspawn, systemd as PID 1, sshd on NET.I).",
-    )
-    p.add_argument("--dir", help=f"state directory (env TESTHOSTS_DIR, default {DEFAULT_DIR})")
-    p.add_argument("--net", help=f"address prefix NET of NET.I (env TESTHOSTS_NET, default {DEFAULT_NET})")
-    p.add_argument("--prefix", help=f"container name prefix (env TESTHOSTS_PREFIX, default {DEFAULT_PREFIX})")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("up", help="boot hosts 1..N (running ones are kept)")
-    s.add_argument("n", type=int)
-    s = sub.add_parser("down", help="halt every host, remove cgroups and dirs")
-    s.add_argument("--graceful", action="store_true", help="clean poweroff instead of a kill")
-    sub.add_parser("list", help="index, address, name, PID 1, boot time, memory of each running host")
-    for c, what in (("ssh", "over SSH"), ("exec", "with nsenter")):
-        s = sub.add_parser(c, help=f"run CMD on host I {what} (one argument: through a shell)")
-        s.add_argument("i", type=int)
-        s.add_argument("command", nargs=argparse.REMAINDER)
-    s = sub.add_parser("addr", help="print host I's address")
-    s.add_argument("i", type=int)
-    s = sub.add_parser("spec", help="print a recon spec `hosts:` mapping (nodeI) for hosts I.. (default all)")
-    s.add_argument("indices", type=int, nargs="*")
-    a = p.parse_args(argv)
-    th = TestHosts(a.dir, a.net, a.prefix)
-
-    if a.cmd == "up":
-        if not 1 <= a.n <= MAX_INDEX:
-            p.error(f"up N: want 1..{MAX_INDEX}")
-        before = {h.index for h in th.running()}
-        t0 = time.monotonic()
-        hosts = th.up(range(1, a.n + 1))
-        ms = round((time.monotonic() - t0) * 1000)
-        booted = [h for h in hosts if h.index not in before]
-        print(
-            f"testhosts: {len(hosts)} host(s) up ({len(booted)} booted) in {ms} ms; "
-            f"key {th.key}, known_hosts {th.known_hosts}"
-        )
-    elif a.cmd == "down":
-        t0 = time.monotonic()
-        n = len(th._indices_on_disk())
-        th.down(graceful=a.graceful)
-        print(f"testhosts: {n} host(s) down in {round((time.monotonic() - t0) * 1000)} ms")
-    elif a.cmd == "list":
-        total = 0
-        hosts = th.running()
-        for h in hosts:
-            mem = th.memory(h.index)
-            total += mem
-            print(
-                f"{h.index}\t{h.address}\t{h.name}\tpid1={h.leader_pid}\tboot={th.boot_ms(h.index)}ms"
-                f"\tmem={mem / 2**20:.0f}MiB"
-            )
-        if hosts:
-            per_host = total / len(hosts) / 2**20
-            print(f"hosts={len(hosts)} total_mib={total / 2**20:.0f} per_host_mib={per_host:.1f}")
-    elif a.cmd in ("ssh", "exec"):
-        cmd: str | list[str] = a.command[0] if len(a.command) == 1 else a.command
-        if a.cmd == "ssh":
-            # several words: hand them to ssh as they are (the remote shell joins them, like ssh does)
-            argv = th.ssh_argv(a.i, cmd) if isinstance(cmd, str) else [*th.ssh_argv(a.i), "--", *cmd]
-        else:
-            if not cmd:
-                p.error("exec I CMD..")
-            argv = th.exec_argv(a.i, cmd)
-        return subprocess.run(argv).returncode
-    elif a.cmd == "addr":
-        print(th.address(a.i))
-    elif a.cmd == "spec":
-        indices = a.indices or [h.index for h in th.running()]
-        spec = {"hosts": th.spec(indices, [f"node{i}" for i in indices])}
-        try:
-            import yaml
-        except ImportError:
-            import json
-
-            print(json.dumps(spec, indent=2))
-        else:
-            print(yaml.safe_dump(spec, sort_keys=False), end="")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _cli(argv)
-    except TestHostError as e:
-        print(f"testhosts: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
