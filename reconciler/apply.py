@@ -11,7 +11,6 @@ import logging
 import shlex
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +22,11 @@ from pyinfra.operations import files, server, systemd
 
 from reconciler.desired import DesiredService, sha256_text
 from reconciler.errors import ReconError
+from reconciler.outcome import ApplyResult, Event, Outcome
 from reconciler.plan import Change, Plan
 from reconciler.state import ServiceRecord, State, StateStore, now_iso
 
 JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
-
-
-@dataclass
-class Event:
-    kind: str            # wave | step | ok | fail | rollback | skip | batch | info
-    host: str = ""
-    service: str = ""
-    message: str = ""
-    wave: int = 0
-
-
-@dataclass
-class Outcome:
-    address: str
-    action: str
-    # created | updated | replaced | restarted | reloaded | deleted | rolled-back | failed | skipped
-    result: str
-    detail: str = ""
-    from_version: str | None = None
-    to_version: str | None = None
-
-
-@dataclass
-class ApplyResult:
-    outcomes: list[Outcome] = field(default_factory=list)
-    stopped: str | None = None       # why the rollout stopped early
-
-    @property
-    def failed(self) -> bool:
-        return any(o.result in ("failed", "rolled-back") for o in self.outcomes) or self.stopped is not None
-
-    def count(self, result: str) -> int:
-        return sum(1 for o in self.outcomes if o.result == result)
 
 
 _DONE = {"create": "created", "update": "updated", "replace": "replaced", "restart": "restarted",

@@ -1,4 +1,6 @@
-"""The `recon` command line: parses options, calls the pipeline, prints, and sets the exit code.
+"""The `recon` command line. Every command has the same shape: options → a typed request
+(`runner.*Request`) → its runner (`runner.run_*`) → a typed result → a renderer in `render/` → an exit
+code (`exit_code`, the one place results become exit codes; a `ReconError` is exit 1, via `reports_errors`).
 
 Heavy libraries (pyinfra, paramiko, deepdiff, rich, jsonschema) are imported inside commands so
 that `recon --help`, `recon validate` and `recon explain` start fast.
@@ -6,10 +8,11 @@ that `recon --help`, `recon validate` and `recon explain` start fast.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -37,8 +40,10 @@ def use_color(no_color: bool) -> bool:
 
 
 def fail(exc: ReconError, fmt: str = "text") -> None:
-    """Print a user error (never a traceback) and exit 1."""
+    """Print a user error (never a traceback); the caller exits 1."""
     if fmt == "json" and isinstance(exc, SpecError):
+        import json
+
         click.echo(json.dumps({"valid": False, "problems": [p.as_dict() for p in exc.problems]}, indent=2))
     else:
         color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
@@ -50,12 +55,62 @@ def fail(exc: ReconError, fmt: str = "text") -> None:
                 click.echo("  " + problem.render(), err=True)
         else:
             click.echo(prefix + str(exc), err=True)
-    sys.exit(1)
+
+
+def reports_errors(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """A command's errors as the user sees them: a `ReconError` prints (never a traceback) and exits 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return fn(*args, **kwargs) or 0
+        except ReconError as exc:
+            fail(exc, kwargs.get("fmt", "text"))
+            return 1
+
+    return wrapper
+
+
+def exit_code(result: object, detailed: bool = False) -> int:
+    """Results as exit codes: 0 success, 1 an error or a failed change, 2 changes (only with `detailed`,
+    i.e. `--detailed-exitcode`, and from `recon diff`)."""
+    from reconciler import runner as r
+
+    if isinstance(result, r.PlanResult):
+        if result.plan.errors:
+            return 1
+        return 2 if detailed and result.plan.has_changes else 0
+    if isinstance(result, r.ApplyRunResult | r.RollbackResult):
+        return 1 if result.applied is not None and result.applied.failed else 0
+    if isinstance(result, r.StatusResult):
+        return 0 if result.ok else 1
+    return 0
 
 
 spec_option = click.option("-f", "--file", "files", multiple=True, required=True, metavar="SPEC",
                            type=click.Path(dir_okay=False), help=SPEC_HELP)
 no_color_option = click.option("--no-color", is_flag=True, help="No colour (also when NO_COLOR is set).")
+
+
+class TerminalUI:
+    """An apply's operator on a terminal (or a CI log): the plan as text, a `yes` prompt, progress lines."""
+
+    def __init__(self, color: bool, verbose: bool = False) -> None:
+        from reconciler.render.progress import Progress
+
+        self.color = color
+        self.on_event = Progress(color, verbose)
+
+    def show_plan(self, plan: Any) -> None:
+        emit_plan(plan, "text", self.color)
+
+    def confirm(self) -> None:
+        if not sys.stdin.isatty():
+            raise ReconError("apply needs confirmation: run it in a terminal, or pass --auto-approve")
+        if click.prompt("\nDo you want to apply these changes? Only 'yes' will be accepted", default="",
+                        show_default=False).strip() != "yes":
+            raise ReconError("apply cancelled")
+        click.echo()
 
 
 class ReconGroup(click.Group):
@@ -71,7 +126,7 @@ class ReconGroup(click.Group):
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        sys.exit(rv if isinstance(rv, int) else 0)   # a command's return value is its exit code
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                             list[str]]:
@@ -101,7 +156,8 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for people, json for machines.")
 @click.option("--skip-artifacts", is_flag=True, help="Do not check artifact files and checksums.")
-def validate(files: Sequence[str], fmt: str, skip_artifacts: bool) -> None:
+@reports_errors
+def validate(files: Sequence[str], fmt: str, skip_artifacts: bool) -> int:
     """Check spec files: schema, references, cycles, port clashes, units, artifacts.
 
     Every problem is reported in one run with its file, line, spec path, what was expected and
@@ -111,30 +167,19 @@ def validate(files: Sequence[str], fmt: str, skip_artifacts: bool) -> None:
     Example:
       recon validate -f specs/platform.yaml -f specs/overrides/local.yaml
     """
-    from reconciler.spec import load_spec
-    from reconciler.waves import waves
+    from reconciler.render.validate import render_validate_json, render_validate_text
+    from reconciler.runner import ValidateRequest, run_validate
 
-    try:
-        spec = load_spec(files, check_artifacts=not skip_artifacts)
-    except SpecError as exc:
-        fail(exc, fmt)
-        return
-    order = waves(spec)
-    if fmt == "json":
-        click.echo(json.dumps({"valid": True, "files": list(files), "services": len(spec.services),
-                               "hosts": len(spec.hosts), "waves": order}, indent=2))
-        return
-    n, h = len(spec.services), len(spec.hosts)
-    click.echo(f"Valid: {n} service{'s' * (n != 1)} on {h} host{'s' * (h != 1)}, "
-               f"{len(order)} dependency wave{'s' * (len(order) != 1)} ({', '.join(files)})")
-    for i, wave in enumerate(order, 1):
-        click.echo(f"  wave {i}: {', '.join(wave)}")
+    result = run_validate(ValidateRequest(tuple(files), check_artifacts=not skip_artifacts))
+    click.echo(render_validate_json(result) if fmt == "json" else render_validate_text(result), nl=False)
+    return exit_code(result)
 
 
 @main.command()
 @click.argument("address", metavar="SERVICE.PATH")
 @spec_option
-def explain(address: str, files: Sequence[str]) -> None:
+@reports_errors
+def explain(address: str, files: Sequence[str]) -> int:
     """Show a value's final setting, the file and line that set it, and what it overrode.
 
     SERVICE.PATH is a service name and a dotted path inside it, e.g. `orchestrator.limits.memory_max`
@@ -147,30 +192,20 @@ def explain(address: str, files: Sequence[str]) -> None:
     """
     from reconciler.explain import explain as do_explain
 
-    try:
-        click.echo(do_explain(files, address))
-    except ReconError as exc:
-        fail(exc)
+    click.echo(do_explain(files, address))
+    return 0
 
 
 state_option = click.option("--state", "state", metavar="DIR", envvar="RECON_STATE_DIR",
                             help="State directory (default ./state, or RECON_STATE_DIR).")
 
 
-def emit_plan(plan: object, fmt: str, color: bool) -> None:
-    """Print a plan in the chosen format."""
-    if fmt == "json":
-        from reconciler.render.jsonout import render_json
+def emit_plan(plan: Any, fmt: str, color: bool) -> None:
+    """Print a plan in the chosen format (render.render)."""
+    from reconciler.render import render
 
-        click.echo(render_json(plan))  # type: ignore[arg-type]
-    elif fmt == "markdown":
-        from reconciler.render.markdown import render_markdown
-
-        click.echo(render_markdown(plan))  # type: ignore[arg-type]
-    else:
-        from reconciler.render.text import render_text
-
-        click.echo(render_text(plan, color=color), nl=False)  # type: ignore[arg-type]
+    out = render(plan, fmt, color)
+    click.echo(out, nl=not out.endswith("\n"))
 
 
 @main.command()
@@ -187,9 +222,10 @@ def emit_plan(plan: object, fmt: str, color: bool) -> None:
 @click.option("--refresh-only", is_flag=True, help="Show only drift: what changed on hosts outside recon.")
 @state_option
 @no_color_option
+@reports_errors
 def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detailed_exitcode: bool,
          targets: Sequence[str], hosts: Sequence[str], refresh_only: bool, state: str | None,
-         no_color: bool) -> None:
+         no_color: bool) -> int:
     """Observe the hosts, diff them against the spec, and show what apply would do.
 
     Every host is read with one batched command (all hosts at once). Each change says what it
@@ -204,27 +240,15 @@ def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detaile
       recon plan -f … --refresh-only           # drift only
       recon plan -f … --format markdown > plan.md
     """
-    from reconciler import pipeline
+    from reconciler.runner import PlanRequest, run_plan
 
     fmt = "json" if as_json else fmt
-    try:
-        run = pipeline.prepare(files, state, targets, hosts)
-        pipeline.observe(run)
-        result = pipeline.plan(run, refresh_only=refresh_only)
-    except ReconError as exc:
-        fail(exc)
-        return
-    if out:
-        from reconciler.planfile import save_plan
-
-        save_plan(result, out)
-    emit_plan(result, fmt, use_color(no_color))
-    if out and fmt == "text":
-        click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: recon apply {out}")
-    if result.errors:
-        sys.exit(1)
-    if detailed_exitcode and result.has_changes:
-        sys.exit(2)
+    result = run_plan(PlanRequest(tuple(files), state, tuple(targets), tuple(hosts), refresh_only, out))
+    emit_plan(result.plan, fmt, use_color(no_color))
+    if result.saved_to and fmt == "text":
+        click.echo(f"\nSaved the plan to {result.saved_to}. "
+                   f"Apply exactly this plan with: recon apply {result.saved_to}")
+    return exit_code(result, detailed=detailed_exitcode)
 
 
 @main.command()
@@ -237,7 +261,7 @@ def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detaile
 @no_color_option
 @click.pass_context
 def drift(ctx: click.Context, files: Sequence[str], fmt: str, detailed_exitcode: bool, hosts: Sequence[str],
-          state: str | None, no_color: bool) -> None:
+          state: str | None, no_color: bool) -> int:
     """Show only drift (same as `recon plan --refresh-only`), for scheduled CI checks.
 
     Drift is what changed on the hosts outside recon since it last applied: a hand-edited config or
@@ -248,7 +272,7 @@ def drift(ctx: click.Context, files: Sequence[str], fmt: str, detailed_exitcode:
       recon drift -f specs/platform.yaml -f specs/overrides/prod.yaml
       recon drift -f … --detailed-exitcode --format markdown   # nightly CI: exit 2 on drift
     """
-    ctx.invoke(plan, files=files, fmt=fmt, as_json=False, out=None, detailed_exitcode=detailed_exitcode,
+    return ctx.invoke(plan, files=files, fmt=fmt, as_json=False, out=None, detailed_exitcode=detailed_exitcode,
                targets=(), hosts=hosts, refresh_only=True, state=state, no_color=no_color)
 
 
@@ -257,7 +281,8 @@ def drift(ctx: click.Context, files: Sequence[str], fmt: str, detailed_exitcode:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
               help="text for people, json for machines, markdown for pull requests.")
 @no_color_option
-def show(planfile: str, fmt: str, no_color: bool) -> None:
+@reports_errors
+def show(planfile: str, fmt: str, no_color: bool) -> int:
     """Print a saved plan (from `recon plan -o PLANFILE`) in any format. No host is contacted.
 
     \b
@@ -267,12 +292,8 @@ def show(planfile: str, fmt: str, no_color: bool) -> None:
     """
     from reconciler.planfile import load_plan
 
-    try:
-        p = load_plan(planfile)
-    except ReconError as exc:
-        fail(exc)
-        return
-    emit_plan(p, fmt, use_color(no_color))
+    emit_plan(load_plan(planfile), fmt, use_color(no_color))
+    return 0
 
 
 @main.command()
@@ -287,9 +308,10 @@ def show(planfile: str, fmt: str, no_color: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show every step.")
 @state_option
 @no_color_option
+@reports_errors
 def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, targets: Sequence[str],
           hosts: Sequence[str], lock_timeout: float, no_rollback: bool, verbose: bool, state: str | None,
-          no_color: bool) -> None:
+          no_color: bool) -> int:
     """Carry out the plan: releases, configs, units, in dependency waves, health-gated.
 
     With -f it plans first, shows the plan and asks for confirmation (or --auto-approve). With a
@@ -303,19 +325,21 @@ def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, target
       recon apply -f specs/platform.yaml -f specs/overrides/local.yaml
       recon plan -f … -o release.plan && recon apply release.plan
     """
-    from reconciler.runner import apply_command
+    from reconciler.render.progress import print_summary
+    from reconciler.runner import ApplyRequest, run_apply
 
     if bool(planfile) == bool(files):
-        fail(ReconError("give either -f SPEC… or a PLANFILE (from `recon plan -o`)"))
+        raise ReconError("give either -f SPEC… or a PLANFILE (from `recon plan -o`)")
     color = use_color(no_color)
-    try:
-        code = apply_command(files=files, planfile=planfile, auto_approve=auto_approve, targets=targets,
-                             hosts=hosts, lock_timeout=lock_timeout, auto_rollback=not no_rollback,
-                             verbose=verbose, state=state, color=color)
-    except ReconError as exc:
-        fail(exc)
-        return
-    sys.exit(code)
+    req = ApplyRequest(tuple(files), planfile, auto_approve, tuple(targets), tuple(hosts), lock_timeout,
+                       auto_rollback=not no_rollback, state=state)
+    result = run_apply(req, TerminalUI(color, verbose))
+    if result.applied is None:
+        if result.from_planfile:
+            click.echo("No changes. Your hosts match the spec.")
+    else:
+        print_summary(result.applied, color)
+    return exit_code(result)
 
 
 @main.command()
@@ -327,8 +351,9 @@ def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, target
               help="Wait this long for another apply's lock.")
 @state_option
 @no_color_option
+@reports_errors
 def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_version: str | None,
-             lock_timeout: float, state: str | None, no_color: bool) -> None:
+             lock_timeout: float, state: str | None, no_color: bool) -> int:
     """Switch SERVICE back to a kept release (binary, config and unit together), health-gated.
 
     \b
@@ -336,14 +361,17 @@ def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_versio
       recon rollback orchestrator -f specs/platform.yaml
       recon rollback orchestrator -f specs/platform.yaml --to 5.0.0 --host node1
     """
-    from reconciler.runner import rollback_command
+    from reconciler.render.progress import Progress, print_summary
+    from reconciler.runner import RollbackRequest, run_rollback
 
-    try:
-        code = rollback_command(files, service, hosts, to_version, lock_timeout, state, use_color(no_color))
-    except ReconError as exc:
-        fail(exc)
-        return
-    sys.exit(code)
+    color = use_color(no_color)
+    req = RollbackRequest(tuple(files), service, tuple(hosts), to_version, lock_timeout, state)
+    result = run_rollback(req, Progress(color))
+    for line in result.already:
+        click.echo(f"{line}.")
+    if result.applied is not None:
+        print_summary(result.applied, color, command="rollback")
+    return exit_code(result)
 
 
 @main.command()
@@ -352,7 +380,8 @@ def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_versio
               help="text for people, json for machines.")
 @click.option("-n", "--limit", default=50, show_default=True, help="Show the newest N entries.")
 @state_option
-def history(service: str | None, fmt: str, limit: int, state: str | None) -> None:
+@reports_errors
+def history(service: str | None, fmt: str, limit: int, state: str | None) -> int:
     """What was applied, when, by whom, with what result (newest last).
 
     \b
@@ -361,29 +390,19 @@ def history(service: str | None, fmt: str, limit: int, state: str | None) -> Non
       recon history control-center -n 10
       recon history --format json      # for scripts
     """
-    from reconciler.errors import unknown_name
-    from reconciler.pipeline import state_dir
-    from reconciler.render.history import render_history_text
-    from reconciler.state import StateStore
+    import json
 
-    store = StateStore(state_dir(state))
-    try:
-        every = store.history()
-        if service and not any(e.get("service") == service for e in every):
-            known = {str(e.get("service")) for e in every} | {s for svcs in store.load().hosts.values() for s in svcs}
-            if service not in known:
-                raise unknown_name("service", service, known, where="recon's state or history")
-    except ReconError as exc:
-        fail(exc)
-        return
-    entries = [e for e in every if not service or e.get("service") == service][-limit:]
+    from reconciler.render.history import render_history_text
+    from reconciler.runner import HistoryRequest, run_history
+
+    result = run_history(HistoryRequest(service, limit, state))
     if fmt == "json":
-        click.echo(json.dumps(entries, indent=2))
-        return
-    if not entries:
+        click.echo(json.dumps(result.entries, indent=2))
+    elif not result.entries:
         click.echo("No history yet." if not service else f"No history for {service} yet.")
-        return
-    click.echo(render_history_text(entries), nl=False)
+    else:
+        click.echo(render_history_text(result.entries), nl=False)
+    return exit_code(result)
 
 
 @main.command()
@@ -393,7 +412,8 @@ def history(service: str | None, fmt: str, limit: int, state: str | None) -> Non
 @click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
 @state_option
 @no_color_option
-def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | None, no_color: bool) -> None:
+@reports_errors
+def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | None, no_color: bool) -> int:
     """Per host and service: desired vs running version, systemd state, health, memory.
 
     Every host is read with one batched command. A host that cannot be reached lists each of its
@@ -405,20 +425,20 @@ def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | No
       recon status -f specs/platform.yaml -f specs/overrides/local.yaml
       recon status -f … --host node1 --format json
     """
-    from reconciler.runner import status_command
+    from reconciler.render.status import render_status_json, render_status_text
+    from reconciler.runner import StatusRequest, run_status
 
-    try:
-        code = status_command(files, hosts, state, fmt, use_color(no_color))
-    except ReconError as exc:
-        fail(exc)
-        return
-    sys.exit(code)
+    result = run_status(StatusRequest(tuple(files), tuple(hosts), state))
+    out = render_status_json(result) if fmt == "json" else render_status_text(result, use_color(no_color))
+    click.echo(out, nl=False)
+    return exit_code(result)
 
 
 @main.command("force-unlock")
 @click.argument("lock_id", required=False)
 @state_option
-def force_unlock(lock_id: str | None, state: str | None) -> None:
+@reports_errors
+def force_unlock(lock_id: str | None, state: str | None) -> int:
     """Remove the state lock left by an apply that is gone (give its lock id to be safe).
 
     A lock whose holder crashed on this machine is taken over by the next apply anyway; this is for a
@@ -428,15 +448,12 @@ def force_unlock(lock_id: str | None, state: str | None) -> None:
     Example:
       recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77
     """
-    from reconciler.pipeline import state_dir
-    from reconciler.state import StateStore, describe_holder
+    from reconciler.runner import ForceUnlockRequest, run_force_unlock
+    from reconciler.state import describe_holder
 
-    try:
-        holder = StateStore(state_dir(state)).force_unlock(lock_id)
-    except ReconError as exc:
-        fail(exc)
-        return
+    holder = run_force_unlock(ForceUnlockRequest(lock_id, state))
     click.echo(f"Removed the lock held by {describe_holder(holder)}.")
+    return 0
 
 
 @main.command()
@@ -447,7 +464,8 @@ def force_unlock(lock_id: str | None, state: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
               help="text for people, json for machines, markdown for pull requests.")
 @no_color_option
-def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -> None:
+@reports_errors
+def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -> int:
     """Review a spec change without touching any host: what changes per service, and what is risky.
 
     BASE and HEAD are git refs (the -f files are read at each ref; WORKTREE means the files on
@@ -463,13 +481,9 @@ def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -
     """
     from reconciler.review import diff_command
 
-    try:
-        out, code = diff_command(base, head, files, fmt, use_color(no_color))
-    except ReconError as exc:
-        fail(exc)
-        return
+    out, code = diff_command(base, head, files, fmt, use_color(no_color))
     click.echo(out, nl=not out.endswith("\n"))
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,56 +1,202 @@
-"""The long-running commands (apply, rollback, status): lock, connect, observe, act, report.
-
-Kept apart from `cli.py` so the command-line layer stays thin and these flows can be driven from
-tests and benchmarks the same way the CLI drives them.
+"""The commands' runners: each takes a typed request, does the work (spec → observe → plan → apply →
+state) and returns a typed result. Nothing here prints or exits: `render/` turns results into text,
+JSON or Markdown, and `cli.exit_code` maps them to exit codes. An apply's interaction (showing the plan,
+asking for confirmation, progress) goes through the `ApplyUI` the caller passes in.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-import click
+from reconciler.errors import ReconError, unknown_name
 
-from reconciler import pipeline
-from reconciler.errors import ReconError
-from reconciler.plan import Change, FieldChange, Plan
-
-
-def _confirm(auto_approve: bool) -> None:
-    if auto_approve:
-        return
-    if not sys.stdin.isatty():
-        raise ReconError("apply needs confirmation: run it in a terminal, or pass --auto-approve")
-    if click.prompt("\nDo you want to apply these changes? Only 'yes' will be accepted", default="",
-                    show_default=False).strip() != "yes":
-        raise ReconError("apply cancelled")
+if TYPE_CHECKING:   # the pipeline is imported by the runners that use it, so `recon validate` starts fast
+    from reconciler.outcome import ApplyResult, Event
+    from reconciler.plan import Plan
 
 
-def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: bool, targets: Sequence[str],
-                  hosts: Sequence[str], lock_timeout: float, auto_rollback: bool, verbose: bool,
-                  state: str | None, color: bool) -> int:
+# ------------------------------------------------------------------------------------------ requests
+@dataclass(frozen=True)
+class ValidateRequest:
+    files: tuple[str, ...]
+    check_artifacts: bool = True
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    files: tuple[str, ...]
+    state: str | None = None
+    targets: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    refresh_only: bool = False
+    out: str | None = None           # save the plan here, for `recon apply PLANFILE`
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    files: tuple[str, ...] = ()
+    planfile: str | None = None      # apply exactly this saved plan (files come from it)
+    auto_approve: bool = False
+    targets: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    lock_timeout: float = 0.0
+    auto_rollback: bool = True
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    files: tuple[str, ...]
+    service: str
+    hosts: tuple[str, ...] = ()
+    to_version: str | None = None
+    lock_timeout: float = 0.0
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    files: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    service: str | None = None
+    limit: int = 50
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class ForceUnlockRequest:
+    lock_id: str | None = None
+    state: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- results
+@dataclass
+class ValidateResult:
+    files: list[str]
+    services: int
+    hosts: int
+    waves: list[list[str]]
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    saved_to: str | None = None
+
+
+@dataclass
+class ApplyRunResult:
+    plan: Plan
+    applied: ApplyResult | None = None     # None: there was nothing to apply
+    from_planfile: bool = False
+
+
+@dataclass
+class RollbackResult:
+    already: list[str] = field(default_factory=list)     # HOST/SERVICE already on the wanted release
+    target: str | None = None
+    applied: ApplyResult | None = None
+
+
+@dataclass
+class StatusRow:
+    host: str
+    service: str
+    desired: str
+    installed: str | None
+    running: str | None
+    state: str                 # ActiveState/SubState, `absent`, or `unreachable`
+    health: str
+    healthy: bool
+    memory: str
+    memory_max: str
+    restarts: int
+    pid: int
+    error: str | None = None   # why the host could not be observed
+
+    @property
+    def on_desired(self) -> bool:
+        return self.running == self.desired
+
+
+@dataclass
+class StatusResult:
+    rows: list[StatusRow]
+    errors: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(r.healthy and r.on_desired for r in self.rows)
+
+
+@dataclass
+class HistoryResult:
+    entries: list[dict[str, Any]]
+    service: str | None = None
+
+
+class ApplyUI(Protocol):
+    """How an apply talks to its operator: the plan before it acts, the confirmation, each step."""
+
+    def show_plan(self, plan: Plan) -> None: ...
+
+    def confirm(self) -> None: ...          # raise ReconError to cancel
+
+    def on_event(self, event: Event) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------- runners
+def run_validate(req: ValidateRequest) -> ValidateResult:
+    from reconciler.spec import load_spec
+    from reconciler.waves import waves
+
+    spec = load_spec(req.files, check_artifacts=req.check_artifacts)
+    return ValidateResult(list(req.files), len(spec.services), len(spec.hosts), waves(spec))
+
+
+def run_plan(req: PlanRequest) -> PlanResult:
+    """Observe, diff, and (with `out`) save the plan. Nothing is changed anywhere."""
+    from reconciler import pipeline
+
+    run = pipeline.prepare(req.files, req.state, req.targets, req.hosts)
+    pipeline.observe(run)
+    plan = pipeline.plan(run, refresh_only=req.refresh_only)
+    if req.out:
+        from reconciler.planfile import save_plan
+
+        save_plan(plan, req.out)
+    return PlanResult(plan, req.out)
+
+
+def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
+    """Lock, observe, plan (or check a saved plan is still current), confirm, apply."""
+    from reconciler import pipeline
     from reconciler.apply import Applier
     from reconciler.planfile import load_plan, stale_reasons
-    from reconciler.render.progress import Progress, print_summary
-    from reconciler.render.text import render_text
     from reconciler.state import StateStore
     from reconciler.transport import Session
 
     saved: Plan | None = None
-    if planfile:
-        saved = load_plan(planfile)
-        files = saved.spec_files
-        auto_approve = True   # the saved plan is what was approved
-    store = StateStore(pipeline.state_dir(state))
-    with store.lock(f"recon apply {' '.join(files)}", timeout=lock_timeout):
-        run = pipeline.prepare(files, state, targets, hosts,
+    files = req.files
+    if req.planfile:
+        saved = load_plan(req.planfile)
+        files = tuple(saved.spec_files)
+    store = StateStore(pipeline.state_dir(req.state))
+    with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout):
+        run = pipeline.prepare(files, req.state, req.targets, req.hosts,
                                lineage=saved.fingerprints.get("lineage") if saved is not None else None)
         with Session(pipeline.hosts_in_scope(run)) as session:
             pipeline.observe(run, session)
             plan = pipeline.plan(run)
             if plan.errors:
-                click.echo(render_text(plan, color=color), nl=False)
+                ui.show_plan(plan)
                 raise ReconError("not applying: some hosts could not be observed (see above)")
             if saved is not None:
                 reasons = stale_reasons(saved.fingerprints, plan.fingerprints)
@@ -58,22 +204,17 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
                         (c.address, c.action) for c in plan.changes]:
                     reasons.append("the changes planned now differ from the saved plan")
                 if reasons:
-                    raise ReconError(f"the saved plan {planfile} is stale: " + "; ".join(reasons)
-                                     + ". Make a new plan with `recon plan -o`.")
+                    raise ReconError(f"the saved plan {req.planfile} is stale:\n  " + "\n  ".join(reasons)
+                                     + "\nMake a new plan with `recon plan -o`.")
             else:
-                click.echo(render_text(plan, color=color), nl=False)
+                ui.show_plan(plan)
             settle_records(run, plan)
             if not plan.changes:
-                if saved is None:
-                    return 0
-                click.echo("No changes. Your hosts match the spec.")
-                return 0
-            _confirm(auto_approve)
-            click.echo()
-            applier = Applier(run, plan, session, Progress(color, verbose), command="apply")
-            result = applier.execute()
-        print_summary(result, color)
-    return 1 if result.failed else 0
+                return ApplyRunResult(plan, None, saved is not None)
+            if saved is None and not req.auto_approve:
+                ui.confirm()     # a saved plan is what was approved
+            applier = Applier(run, plan, session, ui.on_event, command="apply", auto_rollback=req.auto_rollback)
+            return ApplyRunResult(plan, applier.execute(), saved is not None)
 
 
 def settle_records(run: Any, plan: Plan) -> None:
@@ -103,18 +244,20 @@ def settle_records(run: Any, plan: Plan) -> None:
         run.store.save(run.state)
 
 
-def rollback_command(files: Sequence[str], service: str, hosts: Sequence[str], to_version: str | None,
-                     lock_timeout: float, state: str | None, color: bool) -> int:
+def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
     """Switch a service back to a kept release on its hosts, health-gated, recorded in state."""
+    from reconciler import pipeline
     from reconciler.apply import Applier
-    from reconciler.render.progress import Progress, print_summary
+    from reconciler.plan import Change, FieldChange, Plan
     from reconciler.state import StateStore
     from reconciler.transport import Session
 
-    store = StateStore(pipeline.state_dir(state))
-    with store.lock(f"recon rollback {service}", timeout=lock_timeout):
-        run = pipeline.prepare(files, state, (), hosts, services=(service,))
-        on = [h for h in run.spec.services[service].hosts if not hosts or h in hosts]
+    store = StateStore(pipeline.state_dir(req.state))
+    service = req.service
+    result = RollbackResult(target=req.to_version)
+    with store.lock(f"recon rollback {service}", timeout=req.lock_timeout):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=(service,))
+        on = [h for h in run.spec.services[service].hosts if not req.hosts or h in req.hosts]
         scope = {h: run.spec.hosts[h] for h in on}
         with Session(scope) as session:
             pipeline.observe(run, session)
@@ -125,36 +268,42 @@ def rollback_command(files: Sequence[str], service: str, hosts: Sequence[str], t
                 obs = run.observed[h].services.get(service)
                 rec = run.state.record(h, service)
                 current = obs.current if obs else None
-                target = to_version or (rec.previous_version if rec else None)
+                target = req.to_version or (rec.previous_version if rec else None)
+                kept = obs.releases if obs else []
                 if not target:
-                    kept = [r for r in (obs.releases if obs else []) if r != current]
+                    others = [r for r in kept if r != current]
                     raise ReconError(f"{h}/{service}: no previous release recorded; choose one with --to "
-                                     f"(kept on the host: {', '.join(kept) or 'none'})")
-                if obs is None or target not in obs.releases:
+                                     f"(kept on the host: {', '.join(others) or 'none'})")
+                if target not in kept:
                     raise ReconError(f"{h}/{service}: release {target} is not kept on the host "
-                                     f"(kept: {', '.join(obs.releases if obs else []) or 'none'})")
+                                     f"(kept: {', '.join(kept) or 'none'}).{_close(target, kept)}")
                 if target == current:
-                    click.echo(f"{h}/{service} already runs {target}.")
+                    result.already.append(f"{h}/{service} already runs {target}")
                     continue
+                result.target = target
                 changes.append(Change(f"{h}/{service}", h, service, "replace", f"rollback {current} → {target}",
                                       "restart", fields=[FieldChange("version", current, target)],
                                       from_version=current, to_version=target))
-            if not changes:
-                return 0
-            applier = Applier(run, Plan(changes=changes), session, Progress(color), command="rollback")
-            result = applier.rollback(changes)
-        print_summary(result, color)
-    return 1 if result.failed else 0
+            if changes:
+                applier = Applier(run, Plan(changes=changes), session, on_event, command="rollback")
+                result.applied = applier.rollback(changes)
+    return result
 
 
-def status_command(files: Sequence[str], hosts: Sequence[str], state: str | None, fmt: str, color: bool) -> int:
+def _close(name: str, choices: Sequence[str]) -> str:
+    from reconciler.errors import did_you_mean
+
+    return did_you_mean(name, choices)
+
+
+def run_status(req: StatusRequest) -> StatusResult:
     """Desired vs running version, systemd state, health and memory per host and service."""
-    import json
+    from reconciler import pipeline
 
-    run = pipeline.prepare(files, state, (), hosts)
+    run = pipeline.prepare(req.files, req.state, (), req.hosts)
     pipeline.observe(run)
-    rows: list[dict[str, Any]] = []
-    errors = []
+    rows: list[StatusRow] = []
+    errors: list[str] = []
     for host, svcs in run.desired.items():
         if run.hosts and host not in run.hosts:
             continue
@@ -163,30 +312,21 @@ def status_command(files: Sequence[str], hosts: Sequence[str], state: str | None
             error = str(obs.error) if obs else f"{host}: not observed"
             errors.append(error)
             # every service of an unreachable host is listed, so a host that is down never reads as "0/0"
-            rows.extend({"host": host, "service": name, "desired": d.version, "installed": None, "running": None,
-                         "state": "unreachable", "health": "-", "healthy": False, "memory": "-",
-                         "memory_max": "-", "restarts": 0, "pid": 0, "error": error} for name, d in svcs.items())
+            rows.extend(StatusRow(host, name, d.version, None, None, "unreachable", "-", False, "-", "-", 0, 0,
+                                  error) for name, d in svcs.items())
             continue
         for name, d in svcs.items():
             o = obs.services.get(name)
-            mem = o.props.get("MemoryCurrent") if o else None
-            rows.append({
-                "host": host, "service": name, "desired": d.version,
-                "installed": o.current if o else None, "running": o.running_version if o else None,
-                "state": (f"{o.props.get('ActiveState', '?')}/{o.props.get('SubState', '?')}"
-                          if o and o.props else "absent"),
-                "health": (o.health.summary() if o and o.health else "-"),
-                "healthy": bool(o and o.health and o.health.ok),
-                "memory": _mib(mem), "memory_max": _mib(o.props.get("MemoryMax") if o else None),
-                "restarts": int(o.props.get("NRestarts", "0") or 0) if o and o.props else 0,
-                "pid": o.main_pid if o else 0,
-            })
-    if fmt == "json":
-        click.echo(json.dumps({"services": rows, "errors": errors}, indent=2))
-    else:
-        _print_status(rows, errors, color)
-    ok = not errors and all(r["healthy"] and r["running"] == r["desired"] for r in rows)
-    return 0 if ok else 1
+            props = o.props if o else {}
+            rows.append(StatusRow(
+                host=host, service=name, desired=d.version,
+                installed=o.current if o else None, running=o.running_version if o else None,
+                state=f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}" if props else "absent",
+                health=o.health.summary() if o and o.health else "-",
+                healthy=bool(o and o.health and o.health.ok),
+                memory=_mib(props.get("MemoryCurrent")), memory_max=_mib(props.get("MemoryMax")),
+                restarts=int(props.get("NRestarts", "0") or 0), pid=o.main_pid if o else 0))
+    return StatusResult(rows, errors)
 
 
 def _mib(v: str | None) -> str:
@@ -196,27 +336,24 @@ def _mib(v: str | None) -> str:
     return f"{n / 1048576:.1f}M" if n < 1024**3 else f"{n / 1024**3:.1f}G"
 
 
-def _print_status(rows: list[dict[str, Any]], errors: list[str], color: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def run_history(req: HistoryRequest) -> HistoryResult:
+    """The newest `limit` history entries (of one service); a name recon never saw is an error."""
+    from reconciler import pipeline
+    from reconciler.state import StateStore
 
-    from reconciler.render.terminal import output_width
+    store = StateStore(pipeline.state_dir(req.state))
+    every = store.history()
+    if req.service and not any(e.get("service") == req.service for e in every):
+        known = {str(e.get("service")) for e in every} | {s for svcs in store.load().hosts.values() for s in svcs}
+        if req.service not in known:
+            raise unknown_name("service", req.service, known, where="recon's state or history")
+    entries = [e for e in every if not req.service or e.get("service") == req.service]
+    return HistoryResult(entries[-req.limit:] if req.limit > 0 else entries, req.service)
 
-    console = Console(force_terminal=color, no_color=not color, highlight=False, width=output_width())
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("HOST", "SERVICE", "DESIRED", "RUNNING", "STATE", "HEALTH", "MEMORY", "MAX", "RESTARTS"):
-        table.add_column(col)
-    for r in rows:
-        match = r["running"] == r["desired"]
-        table.add_row(r["host"], r["service"], r["desired"],
-                      f"[{'green' if match else 'yellow'}]{r['running'] or '-'}[/]",
-                      f"[{'green' if r['state'].startswith('active') else 'red'}]{r['state']}[/]",
-                      f"[{'green' if r['healthy'] else 'red'}]{r['health']}[/]",
-                      r["memory"], r["memory_max"], str(r["restarts"]))
-    console.print(table)
-    for e in errors:
-        console.print(f"✗ {e}", style="red", markup=False)
-    healthy = sum(1 for r in rows if r["healthy"])
-    console.print(f"\n{healthy}/{len(rows)} services healthy, "
-                  f"{sum(1 for r in rows if r['running'] == r['desired'])}/{len(rows)} on the desired version.")
 
+def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:
+    """Remove the state lock; returns who held it."""
+    from reconciler import pipeline
+    from reconciler.state import StateStore
+
+    return StateStore(pipeline.state_dir(req.state)).force_unlock(req.lock_id)

@@ -16,8 +16,9 @@ if not monkey.is_module_patched("socket"):
 import contextlib
 import logging
 import os
+import shlex
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,34 @@ class Session:
         except Exception as exc:
             return CommandResult(False, "", f"{type(exc).__name__}: {exc}")
         return CommandResult(ok, out.stdout, out.stderr)
+
+    def stream(self, name: str, command: str, on_line: Callable[[str], None], timeout: int | None = None
+               ) -> CommandResult:
+        """Run one shell command, handing each line of its output to `on_line` as it arrives (a health
+        gate's progress). Over SSH it is one channel of pyinfra's client, like `run`; with the local
+        connector the lines come at the end."""
+        host = self.by_name[name]
+        client = getattr(host.connector, "client", None)
+        if client is None or client.get_transport() is None:
+            res = self.run(name, command, timeout)
+            for line in res.stdout.splitlines():
+                on_line(line)
+            return res
+        self.commands[name] = self.commands.get(name, 0) + 1
+        lines: list[str] = []
+        try:
+            chan = client.get_transport().open_session()
+            chan.settimeout(timeout)
+            chan.set_combine_stderr(True)
+            chan.exec_command("sh -c " + shlex.quote(command))
+            for raw in chan.makefile("rb"):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                lines.append(line)
+                on_line(line)
+            code = chan.recv_exit_status()
+        except Exception as exc:
+            return CommandResult(False, "\n".join(lines), f"{type(exc).__name__}: {exc}")
+        return CommandResult(code == 0, "\n".join(lines), "")
 
     def run_many(self, commands: Mapping[str, str], timeout: int | None = None) -> dict[str, CommandResult]:
         """One command per host, all hosts at once."""

@@ -280,3 +280,36 @@ def test_text_is_as_wide_as_the_terminal_and_unwrapped_in_a_pipe(monkeypatch: py
     assert output_width(io.StringIO()) == UNWRAPPED       # not a terminal
     narrow = render_text(plan, color=False, width=60)
     assert not any("[drift]" in ln and long_host in ln for ln in narrow.splitlines())
+
+
+def test_progress_shows_a_waiting_health_gate_every_few_seconds_off_a_terminal(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    from reconciler.outcome import Event
+    from reconciler.render import progress
+
+    clock = iter([0.0, 0.5, 1.0, 3.0, 6.5, 7.0, 8.0]).__next__
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    buf = io.StringIO()
+    p = progress.Progress(color=False, file=buf, live=False)                      # t0 = 0.0
+    for msg in ("waiting for health: HTTP 503 (0s)", "waiting for health: HTTP 503 (1s)",
+                "waiting for health: HTTP 503 (3s)", "waiting for health: HTTP 503 (6s)"):
+        p(Event("wait", "node1", "control-center", msg))                          # 0.5, 1.0, 3.0, 6.5
+    p(Event("ok", "node1", "control-center", "updated, healthy (HTTP 200 after 7s)"))   # 7.0
+    out = buf.getvalue().splitlines()
+    waits = [ln for ln in out if "waiting for health" in ln]
+    assert [w.split("(")[-1] for w in waits] == ["0s)", "6s)"]        # the first, then one 5 s later
+    assert "node1/control-center: waiting for health: HTTP 503" in waits[0]
+    assert out[-1].endswith("✓ node1/control-center: updated, healthy (HTTP 200 after 7s)")
+
+
+def test_progress_live_wait_lines_vanish_when_the_gate_ends() -> None:
+    from reconciler.outcome import Event
+    from reconciler.render.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress(color=True, file=buf, live=True)
+    p(Event("wait", "node1", "api", "waiting for health: no answer (2s)"))
+    assert p.live is not None and "node1/api" in next(iter(p.waiting.values()))
+    p(Event("ok", "node1", "api", "created, healthy"))
+    assert p.live is None and not p.waiting
+    assert "created, healthy" in buf.getvalue()

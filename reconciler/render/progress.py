@@ -1,4 +1,8 @@
-"""Progress of a running apply (one line per step, coloured when on a terminal) and its summary."""
+"""Progress of a running apply (one line per step, coloured when on a terminal) and its summary.
+
+While a health gate waits, each waiting service shows its elapsed time and its last probe's answer:
+on a terminal as live lines that are redrawn in place (and vanish when the gate ends), otherwise as a
+plain line every `WAIT_EVERY_S` seconds per service, so a CI log never goes silent."""
 
 from __future__ import annotations
 
@@ -6,24 +10,35 @@ import sys
 import time
 from typing import Any
 
-from reconciler.apply import ApplyResult, Event
+from reconciler.outcome import ApplyResult, Event
 
 _STYLE = {"ok": ("✓", "green"), "fail": ("✗", "red"), "rollback": ("↩", "magenta"), "skip": ("·", "dim"),
           "step": ("…", "dim"), "wave": ("▸", "bold cyan"), "batch": ("▶", "bold"), "info": ("•", "")}
 
 
+WAIT_EVERY_S = 5.0
+
+
 class Progress:
     """Prints apply events as they happen, with the time since the start."""
 
-    def __init__(self, color: bool, verbose: bool = False, file: Any = None) -> None:
+    def __init__(self, color: bool, verbose: bool = False, file: Any = None, live: bool | None = None) -> None:
         from rich.console import Console
 
         self.console = Console(file=file or sys.stdout, force_terminal=color, no_color=not color,
                                highlight=False, soft_wrap=True)
         self.verbose = verbose
         self.t0 = time.monotonic()
+        self.live_ok = self.console.is_terminal if live is None else live
+        self.waiting: dict[str, str] = {}        # HOST/SERVICE → its wait line
+        self.last_wait: dict[str, float] = {}    # HOST/SERVICE → when its last plain wait line was printed
+        self.live: Any = None
 
     def __call__(self, ev: Event) -> None:
+        if ev.kind == "wait":
+            self._wait(ev)
+            return
+        self._done_waiting(f"{ev.host}/{ev.service}")
         if ev.kind == "step" and not self.verbose:
             return
         mark, style = _STYLE.get(ev.kind, ("•", ""))
@@ -32,15 +47,44 @@ class Progress:
         text = f"{elapsed} {mark} " + (f"{where}: " if where else "") + ev.message
         self.console.print(text, style=style or None, markup=False)
 
+    def _wait(self, ev: Event) -> None:
+        where = f"{ev.host}/{ev.service}"
+        now = time.monotonic()
+        line = f"[{now - self.t0:5.1f}s] ◷ {where}: {ev.message}"
+        if not self.live_ok:
+            if now - self.last_wait.get(where, -WAIT_EVERY_S) >= WAIT_EVERY_S:
+                self.last_wait[where] = now
+                self.console.print(line, style="dim", markup=False)
+            return
+        from rich.live import Live
+        from rich.text import Text
 
-def summary_line(result: ApplyResult) -> str:
+        self.waiting[where] = line
+        view = Text("\n".join(self.waiting.values()), style="yellow")
+        if self.live is None:
+            self.live = Live(view, console=self.console, transient=True, auto_refresh=False)
+            self.live.start()
+        self.live.update(view, refresh=True)
+
+    def _done_waiting(self, where: str) -> None:
+        self.last_wait.pop(where, None)
+        if self.waiting.pop(where, None) is not None and not self.waiting and self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def summary_line(result: ApplyResult, command: str = "apply") -> str:
+    """The closing count line. A `recon rollback` counts its switched releases as rolled back."""
+    if command == "rollback":
+        head = "Rollback failed" if result.failed else "Rollback complete"
+        return f"{head}: {result.count('replaced')} rolled back, {result.count('failed')} failed."
     parts = [f"{result.count(k)} {k}" for k in ("created", "updated", "replaced", "restarted", "reloaded",
                                                 "deleted", "rolled-back", "failed", "skipped")]
     head = "Apply failed" if result.failed else "Apply complete"
     return f"{head}: " + ", ".join(parts).replace("rolled-back", "rolled back") + "."
 
 
-def print_summary(result: ApplyResult, color: bool) -> None:
+def print_summary(result: ApplyResult, color: bool, command: str = "apply") -> None:
     from rich.console import Console
 
     console = Console(force_terminal=color, no_color=not color, highlight=False, soft_wrap=True)
@@ -53,4 +97,4 @@ def print_summary(result: ApplyResult, color: bool) -> None:
                           "magenta" if o.result == "rolled-back" else "dim", markup=False)
     if result.stopped:
         console.print(f"Rollout stopped: {result.stopped}", style="red", markup=False)
-    console.print(summary_line(result), style="bold red" if result.failed else "bold green", markup=False)
+    console.print(summary_line(result, command), style="bold red" if result.failed else "bold green", markup=False)
