@@ -19,22 +19,24 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import (
-    ENV_VALUE_MAX,
-    _env_quote,
-    _exec_quote,
-    desired_state,
-    env_file_line,
-    parse_unit,
-    render_secrets,
-)
+from reconciler.desired import _env_quote, _exec_quote, desired_state, parse_unit, render_secrets
 from reconciler.errors import ReconError, SpecError
 from reconciler.pipeline import secret_lookup
 from reconciler.spec import load_spec
-from reconciler.spec.model import Secret
+from reconciler.spec.loader import Layer
+from reconciler.spec.merge import merge_layers
+from reconciler.spec.model import Secret, build_spec
 
 REPO = Path(__file__).resolve().parents[1]
 VALUE = "sekrit-Yh7-do-not-print"
+ENV_VALUE_MAX = 131071   # measured: one NAME=value plus its NUL may be 131072 bytes (MAX_ARG_STRLEN), no more
+
+
+def env_file_line(name: str, value: str) -> str:
+    """The env file recon renders for one secret `name` holding `value`."""
+    doc = _doc(secrets={name: {"from_env": name}})
+    spec = build_spec(merge_layers([Layer("spec.yaml", doc, {})]))
+    return render_secrets(spec.services["api"], lambda _n, _s: value)
 
 
 # --- EnvironmentFile= lines ---------------------------------------------------------------------------------
