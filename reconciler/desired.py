@@ -283,7 +283,10 @@ def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
     systemd cannot carry is refused (ReconError naming the secret and service, never the value)."""
     out = []
     for name, secret in sorted(svc.secrets.items()):
-        value = lookup(name, secret)
+        try:
+            value = lookup(name, secret)
+        except ReconError as exc:     # not set, unreadable, not UTF-8: say which service needs it
+            raise ReconError(f"services.{svc.name}: {exc}") from None
         problem = secret_problem(value, name)
         if problem:
             raise ReconError(f"services.{svc.name}.secrets.{name} (from {secret.source}): {problem}; "
