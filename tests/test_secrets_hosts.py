@@ -189,15 +189,20 @@ def test_env_files_are_never_readable_by_others_while_created(testhost: TestHost
     try:
         time.sleep(0.5)
         res = _recon(tmp_path, "apply", "--auto-approve", env=env)
+        # and while they are updated (the old file is kept beside it as .prev)
+        env2 = {k: v + "-v2" for k, v in env.items()}
+        res2 = _recon(tmp_path, "apply", "--auto-approve", env=env2) if res.returncode == 0 else res
     finally:
         _run_in(testhost, "touch /run/reader.stop")
         seen, _ = reader.communicate(timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert res2.returncode == 0 and "5 updated" in res2.stdout, res2.stdout + res2.stderr
     rounds = [int(line.split()[1]) for line in seen.splitlines() if line.startswith("ROUNDS")]
     assert rounds and rounds[0] > 50, f"the reader did not run: {seen!r}"
     assert "READ" not in seen, f"another user read a secret while it was written:\n{seen}"
     for i in range(1, 6):
-        assert _exec(testhost, f"stat -c '%a %U' /etc/provisioning/sec{i}.env").split() == ["600", "root"]
+        for f in (f"sec{i}.env", f"sec{i}.env.prev"):
+            assert _exec(testhost, f"stat -c '%a %U' /etc/provisioning/{f}").split() == ["600", "root"]
     assert _exec(testhost, "ls -a /etc/provisioning | grep -c recon- || true").strip() == "0"   # no temp file left
     assert _env_report(testhost, PORT + 1)["env_sha256"] == {}       # (report_env not set: nothing reported)
 
