@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hosttools import _exec, _run_in, recon
+from hosttools import TestHost, _exec, _run_in, recon
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
-
-from reconciler.testhosts import TestHost
 
 N_SECRETS = 8
 PORT = 8090
