@@ -6,6 +6,7 @@ Output is not formatted here: every step is reported through an `on_event(Event)
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import shlex
@@ -95,8 +96,8 @@ class Applier:
             detail = self.op_errors.last(h.name) or _short(exc)
             raise ReconError(f"{what} failed: {detail}") from None
 
-    def sh(self, host: str, script: str, timeout: int | None = None) -> tuple[bool, str]:
-        res = self.session.run(host, script, timeout=timeout)
+    def sh(self, host: str, script: str, timeout: int | None = None, stdin: str | None = None) -> tuple[bool, str]:
+        res = self.session.run(host, script, timeout=timeout, stdin=stdin)
         return res.ok, (res.stdout + ("\n" + res.stderr if res.stderr else "")).strip()
 
     def emit(self, kind: str, host: str = "", service: str = "", message: str = "", wave: int = 0) -> None:
@@ -271,15 +272,35 @@ class Applier:
         unit_in_release = f"{d.release_dir}/{d.unit_name}"
         if c.action in ("update", "reload"):
             # same release: keep what was there so an automatic rollback can put it back
-            self.sh(host, " ; ".join(
-                f"[ -f {shlex.quote(p)} ] && cp -p {shlex.quote(p)} {shlex.quote(p + '.prev')}"
-                for p in (cfg_in_release, unit_in_release, d.env_path)) + " ; true")
+            # (umask 077 and no old copy to write into: the env file's copy is never readable by others)
+            self.sh(host, "umask 077 ; " + " ; ".join(
+                f"rm -f {shlex.quote(p + '.prev')} ; [ -f {shlex.quote(p)} ] && cp -p {shlex.quote(p)} "
+                f"{shlex.quote(p + '.prev')}" for p in (cfg_in_release, unit_in_release, d.env_path)) + " ; true")
         self.op(host, files.put, src=io.BytesIO(d.config_text.encode()), dest=cfg_in_release,
                 user="root", group=d.group, mode="640")
         self.op(host, files.put, src=io.BytesIO(d.unit_text.encode()), dest=unit_in_release, mode="644")
         if d.secret_names:
-            self.op(host, files.put, src=io.BytesIO(d.secrets_text.encode()), dest=d.env_path,
-                    user="root", group="root", mode="600")
+            self.write_secrets(host, d)
+
+    def write_secrets(self, host: str, d: DesiredService) -> None:
+        """The env file, 0600 and root's from its first byte: `mktemp` creates a 0600 file in the same
+        directory, the content arrives on stdin (never on a command line, which `ps` shows everyone),
+        and a rename puts it in place. pyinfra's files.put wrote it with the default mode, then chmodded."""
+        q = shlex.quote
+        env = Path(d.env_path)
+        script = "\n".join([
+            "set -e", "umask 077",
+            f"tmp=$(mktemp {q(str(env.parent / ('.' + env.name + '.recon-XXXXXX')))})",
+            "trap 'rm -f \"$tmp\"' EXIT",
+            'base64 -d > "$tmp"',
+            'chown root:root "$tmp"',
+            'chmod 600 "$tmp"',
+            f'mv -f "$tmp" {q(d.env_path)}',
+            "trap - EXIT",
+        ])
+        ok, out = self.sh(host, script, stdin=base64.encodebytes(d.secrets_text.encode()).decode())
+        if not ok:
+            raise ReconError(f"writing {d.env_path} failed: {out or 'no output'}")
 
     def _host_prepared(self, host: str, d: DesiredService) -> bool:
         obs = self.run.observed.get(host)

@@ -5,11 +5,12 @@ comparable fields the plan diffs. Pure: no I/O except reading secret sources giv
 from __future__ import annotations
 
 import hashlib
-import shlex
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.errors import ReconError
 from reconciler.spec.model import UNIT_PREFIX, Host, Service, Spec
 from reconciler.spec.template import expand, expand_tree
 from reconciler.spec.units import format_seconds
@@ -77,15 +78,87 @@ def _pct(v: float) -> str:
     return f"{int(v)}%" if v == int(v) else f"{v}%"
 
 
+# --- systemd escaping (verified on systemd 252; docs/design.md "Secrets and unit escaping") ----------------
+# Characters that end a line for systemd's unit and env-file readers (\n, \r, NUL) or for Python's
+# str.splitlines (which the plan used to read units with). None of them may appear raw in a unit line.
+LINE_BREAKS = frozenset("\n\r\0\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+_BARE = re.compile(r"[A-Za-z0-9@%+=:,./_-]+")     # shlex's safe set: written without quotes
+ENV_VALUE_MAX = 131072 - 1   # the kernel's MAX_ARG_STRLEN, less the NUL: the most one NAME=value can be
+
+
+def _c_escape(ch: str) -> str:
+    r"""One character as a C escape systemd's unquoting understands (\xNN below 0x80, \u/\U above)."""
+    o = ord(ch)
+    if o < 0x80:
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch, f"\\x{o:02x}")
+    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
+
+
+def unit_quote(text: str, exec_line: bool = False) -> str:
+    """`text` as one double-quoted word of a unit line (ExecStart=, Environment=, ReadWritePaths=): `\\` and
+    `"` escaped, `%` doubled (specifiers), `$` doubled on Exec lines (variable expansion), and every
+    character that is not printable or could end a line written as a C escape. systemd reads it back
+    exactly (ExecStart= and Environment= unquote with C escapes)."""
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "$" and exec_line:
+            out.append("$$")
+        elif ch in LINE_BREAKS or not ch.isprintable():
+            out.append(_c_escape(ch))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def unit_text_value(text: str) -> str:
+    """A value systemd takes verbatim apart from specifiers (Description=, EnvironmentFile=): `%` doubled.
+    Line breaks cannot be escaped there; validation refuses them, and this refuses them again."""
+    if any(ch in LINE_BREAKS for ch in text):
+        raise ValueError("a line break cannot be written into a unit line")
+    return text.replace("%", "%%")
+
+
 def _env_quote(key: str, value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{key}={escaped}"'
+    return unit_quote(f"{key}={value}")
 
 
 def _exec_quote(arg: str) -> str:
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    return shlex.quote(arg) if arg and all(c not in arg for c in " \t\"'\\;") else (
-        '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    if _BARE.fullmatch(arg):
+        return arg.replace("%", "%%")
+    return unit_quote(arg, exec_line=True)
+
+
+def _path_word(path: str, prefix: str = "") -> str:
+    """A path for a space-separated path list (ReadWritePaths=), quoted when it needs to be."""
+    word = prefix + path
+    return word.replace("%", "%%") if _BARE.fullmatch(word) else unit_quote(word)
+
+
+def env_file_line(name: str, value: str) -> str:
+    """One `NAME="value"` line of an EnvironmentFile= that systemd reads back byte-exact: inside double
+    quotes it honours only `\\"`, `\\\\`, `\\$`, `` \\` `` and backslash-newline (a continuation), and keeps
+    everything else (newlines, CR, tabs, `#`, `;`, `%`, leading and trailing spaces) as it is. The same
+    four escapes make the line mean the same to a POSIX shell's double quotes."""
+    escaped = "".join("\\" + ch if ch in '\\"$`' else ch for ch in value)
+    return f'{name}="{escaped}"\n'
+
+
+def secret_problem(value: str, name: str) -> str | None:
+    """Why systemd cannot carry `value` as variable `name` (without showing it), or None."""
+    if "\0" in value:
+        return "it contains a NUL character, which no environment variable can hold"
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 (systemd refuses to start a unit whose EnvironmentFile= holds such a value)"
+    if len(name) + 1 + len(data) > ENV_VALUE_MAX:
+        return (f"it is {len(data)} bytes long; the kernel limits one NAME=value to {ENV_VALUE_MAX} bytes "
+                "and the service would fail to start")
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +235,8 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
     lines = [
         f"# Managed by recon: {svc.name} {svc.version}. Edits are reported as drift.",
         "[Unit]",
-        f"Description=Provisioning {svc.name}" + (f" ({svc.description})" if svc.description else ""),
+        "Description=" + unit_text_value(f"Provisioning {svc.name}" + (f" ({svc.description})" if svc.description
+                                                                        else "")),
         "After=network-online.target" + (f" {deps}" if deps else ""),
         "Wants=network-online.target",
     ]
@@ -177,7 +251,7 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
     for key, value in sorted(svc.env.items()):
         lines.append("Environment=" + _env_quote(key, expand(value, values)))
     if svc.secrets:
-        lines.append(f"EnvironmentFile={env_path}")
+        lines.append(f"EnvironmentFile={unit_text_value(env_path)}")
     lines.append(f"Restart={svc.restart_policy}")
     if svc.restart_delay_s is not None:
         lines.append(f"RestartSec={format_seconds(svc.restart_delay_s)}")
@@ -199,18 +273,26 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
                           ("protect_system", "ProtectSystem"), ("protect_home", "ProtectHome")):
         if key in h:
             lines.append(f"{unit_key}={_bool(h[key])}")
-    lines.append(f"ReadWritePaths=-{svc.data_dir}")
+    lines.append("ReadWritePaths=" + _path_word(svc.data_dir, "-"))
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
 
 def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
-    """The EnvironmentFile text; `lookup(name, secret)` returns the value (from env or file)."""
+    """The EnvironmentFile text; `lookup(name, secret)` returns the value (from env or file). A value
+    systemd cannot carry is refused (ReconError naming the secret and service, never the value)."""
     out = []
     for name, secret in sorted(svc.secrets.items()):
-        value = lookup(name, secret).replace("\n", "\\n")
-        out.append(f"{name}={value}")
-    return "\n".join(out) + ("\n" if out else "")
+        try:
+            value = lookup(name, secret)
+        except ReconError as exc:     # not set, unreadable, not UTF-8: say which service needs it
+            raise ReconError(f"services.{svc.name}: {exc}") from None
+        problem = secret_problem(value, name)
+        if problem:
+            raise ReconError(f"services.{svc.name}.secrets.{name} (from {secret.source}): {problem}; "
+                             "nothing was changed (the value is not shown)")
+        out.append(env_file_line(name, value))
+    return "".join(out)
 
 
 def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None) -> DesiredService:
@@ -260,13 +342,32 @@ def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = 
     return out
 
 
+_UNIT_EOL = re.compile(r"\r\n|[\n\r\0]")   # what ends a line for systemd's read_line (not U+2028 & co.)
+
+
 def parse_unit(text: str) -> dict[str, list[str]]:
-    """`Key` → values (in order) of a unit file, sections folded; comments and blanks dropped."""
+    """`Key` → values (in order) of a unit file, sections folded; comments and blanks dropped. Lines are
+    split and joined the way systemd 252 does (\\n, \\r\\n, \\r and NUL end a line; a line ending in an
+    unescaped backslash continues on the next, the backslash read as a space; comment lines inside a
+    continuation are skipped), so one line systemd reads is one line here."""
     out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;" or line.startswith("["):
+    pending: str | None = None
+    for raw in [*_UNIT_EOL.split(text), ""]:
+        line = raw.strip(" \t")
+        if line[:1] in ("#", ";"):
+            continue                      # a comment, also inside a continuation (and never continued)
+        if _continues(line):
+            pending = (pending or "") + line[:-1] + " "
+            continue
+        if pending is not None:
+            line, pending = (pending + line).strip(" \t"), None
+        if not line or line.startswith("["):
             continue
         key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
+        out.setdefault(key.strip(" \t"), []).append(value.strip(" \t"))
     return out
+
+
+def _continues(line: str) -> bool:
+    """A line ending in an unescaped backslash continues on the next one."""
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1

@@ -38,9 +38,15 @@ def secret_lookup(name: str, secret: Secret) -> str:
         return value
     path = Path(os.path.expanduser(secret.from_file or ""))
     try:
-        return path.read_text(encoding="utf-8").rstrip("\n")
+        data = path.read_bytes()
     except OSError as exc:
         raise ReconError(f"secret {name}: cannot read {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReconError(f"secret {name}: {path} is not valid UTF-8 (systemd's EnvironmentFile= cannot carry "
+                         "it); nothing was changed (the value is not shown)") from None
+    return text[:-1] if text.endswith("\n") else text   # the file's one final newline is not part of it
 
 
 def with_dependencies(spec: Spec, names: Iterable[str]) -> set[str]:

@@ -141,14 +141,17 @@ class Session:
     def connected(self) -> list[str]:
         return list(self.by_name)
 
-    def run(self, name: str, command: str, timeout: int | None = None, stdin: bytes | None = None
+    def run(self, name: str, command: str, timeout: int | None = None, stdin: str | None = None
             ) -> CommandResult:
-        """Run one shell command on one host (counted; the plan tests count round trips)."""
+        """Run one shell command on one host (counted; the plan tests count round trips). `stdin` (text,
+        a final newline added if missing) is how data that must not be on a command line gets there."""
         host = self.by_name[name]
         self.commands[name] = self.commands.get(name, 0) + 1
         kwargs: dict[str, Any] = {}
         if timeout:
             kwargs["_timeout"] = timeout
+        if stdin is not None:
+            kwargs["_stdin"] = stdin
         try:
             ok, out = host.run_shell_command(StringCommand(command), **kwargs)
         except Exception as exc:

@@ -368,7 +368,7 @@ def test_secrets_never_appear_in_any_rendering(secret: str, muts: list[str], exi
         svc["vault-service"] = ObservedService("vault-service")
     state = state_all(desired) if applied else State(lineage=SALT)
     plan = make_plan(desired, observed, state, SALT, refresh_only=refresh)
-    assert desired["node1"]["vault-service"].secrets_text == f"VAULT_TOKEN={value}\n"
+    assert desired["node1"]["vault-service"].secrets_text == f'VAULT_TOKEN="{value}"\n'
     for text in rendered(plan):
         assert value not in text
         assert secret not in text

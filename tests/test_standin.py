@@ -103,6 +103,7 @@ def run_standin(
     port_flag: bool = True,
     port: int | None = None,
     env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[Running]:
     port = port or free_port()
     cfg = tmp_path / "service.toml"
@@ -111,6 +112,7 @@ def run_standin(
     argv = [PYTHON, str(artifact), "--config", str(cfg)]
     if port_flag:
         argv += ["--port", str(port)]
+    argv += extra_args
     full_env = {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV}
     full_env.update(env or {})
     with open(err, "wb") as err_fh:
@@ -159,6 +161,23 @@ def test_health_fields_and_secret_names_only(artifacts: Artifacts, tmp_path: Pat
         assert svc.get("/nope")[0] == 404
     assert svc.proc.returncode == 0
     assert secret not in svc.stderr()
+
+
+def test_env_reports_sha256_of_named_variables_and_labels(artifacts: Artifacts, tmp_path: Path) -> None:
+    """report_env: the sha256 of each named variable's bytes (null when unset), never the value."""
+    value = "tok\r\n\"q\" \\ $X %H é\u2028 "
+    label = "a b\t%%$$\u2028"
+    config = BASIC_CONFIG + '[standin]\nreport_env = ["VAULT_TOKEN", "EMPTY", "UNSET"]\n'
+    with run_standin(artifacts[ORCH], tmp_path, config, env={"VAULT_TOKEN": value, "EMPTY": ""},
+                     extra_args=("--label", label, "--label", "")) as svc:
+        code, _headers, body = svc.get("/env")
+    assert code == 200
+    assert json.loads(body) == {
+        "env_sha256": {"VAULT_TOKEN": hashlib.sha256(value.encode()).hexdigest(),
+                       "EMPTY": hashlib.sha256(b"").hexdigest(), "UNSET": None},
+        "labels_sha256": [hashlib.sha256(label.encode()).hexdigest(), hashlib.sha256(b"").hexdigest()],
+    }
+    assert value.encode() not in body
 
 
 def test_port_from_config_and_metrics_format(artifacts: Artifacts, tmp_path: Path) -> None:

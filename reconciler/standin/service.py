@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Stand-in for one platform service (built by ``python -m reconciler.standin.build``).
 
-Usage: SERVICE --config PATH [--port N]
+Usage: SERVICE --config PATH [--port N] [--label TEXT]...
 
 Python standard library only; runs under /usr/bin/python3 (3.11+) as an unprivileged user under
 systemd hardening and writes nothing to disk.
@@ -9,6 +9,9 @@ systemd hardening and writes nothing to disk.
   GET /health   JSON status; 200 when healthy, 503 when unhealthy
   GET /metrics  Prometheus text exposition format
   GET /config   the parsed TOML config as JSON (headers: X-Config-Generation, X-Config-Sha256)
+  GET /env      ``{"env_sha256": {NAME: sha256 of the value's bytes, or null when unset}, "labels_sha256":
+                [...]}`` for the names in ``[standin] report_env`` and each ``--label`` argument: lets
+                tests check byte-exact delivery of environment values and arguments without the values
 
 Config (TOML): ``[server] host`` (default 127.0.0.1) and ``port`` (``--port`` overrides; default: the
 service's platform port), ``[standin] healthy = false`` reports unhealthy, ``[standin] fail_start =
@@ -16,7 +19,8 @@ true`` exits 1 at start, ``[standin] ready_delay_seconds`` delays listening/READ
 containing "unhealthy" reports unhealthy. SIGHUP re-reads the config (a bad config is rejected and
 the old one kept); SIGTERM/SIGINT stop gracefully with exit status 0. When NOTIFY_SOCKET is set it
 sends READY=1, RELOADING=1/READY=1 around reloads, WATCHDOG=1 every WATCHDOG_USEC/2 and
-STOPPING=1. Environment secrets (e.g. VAULT_TOKEN) are reported by name only, never by value.
+STOPPING=1. Environment secrets (e.g. VAULT_TOKEN) are reported by name only, never by value (/env: a
+sha256, only for the names the config lists).
 """
 
 import argparse
@@ -52,7 +56,7 @@ PLATFORM_PORTS = {
 }
 DEFAULT_HOST = "127.0.0.1"
 SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|API_?KEY|PRIVATE_?KEY")
-KNOWN_PATHS = ("/health", "/metrics", "/config")
+KNOWN_PATHS = ("/health", "/metrics", "/config", "/env")
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -185,8 +189,9 @@ def _env_name_refs(node: Any) -> set[str]:
 
 
 class State:
-    def __init__(self, config_path: str, config: dict[str, Any], sha: str) -> None:
+    def __init__(self, config_path: str, config: dict[str, Any], sha: str, labels: list[str] | None = None) -> None:
         self.config_path = config_path
+        self.labels = list(labels or [])
         self.config = config
         self.config_sha256 = sha
         self.generation = 1
@@ -236,6 +241,19 @@ class State:
             for name, value in os.environ.items()
             if value and (name in referenced or SECRET_NAME_RE.search(name.upper()))
         )
+
+    def env_report(self) -> dict[str, Any]:
+        """sha256 of each ``[standin] report_env`` variable's value (bytes as received) and of each label."""
+        with self.lock:
+            names = section(self.config, "standin").get("report_env", [])
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        env = os.environb
+        return {
+            "env_sha256": {
+                n: hashlib.sha256(env[os.fsencode(n)]).hexdigest() if os.fsencode(n) in env else None for n in names
+            },
+            "labels_sha256": [hashlib.sha256(os.fsencode(label)).hexdigest() for label in self.labels],
+        }
 
     def count_request(self, method: str, path: str, code: int) -> None:
         key = (method, path if path in KNOWN_PATHS else "other", code)
@@ -356,6 +374,8 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 config, generation, sha = self.state.config, self.state.generation, self.state.config_sha256
             self._json(200, config, {"X-Config-Generation": str(generation), "X-Config-Sha256": sha})
+        elif path == "/env":
+            self._json(200, self.state.env_report())
         else:
             self._json(404, {"error": "not found", "path": path})
 
@@ -389,6 +409,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, help="TOML config file")
     parser.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    parser.add_argument("--label", action="append", default=[], help="any text; /env reports its sha256")
     parser.add_argument("--version", action="version", version=f"{SERVICE} {VERSION}")
     return parser.parse_args(argv)
 
@@ -416,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"invalid port {port!r}", "error")
         return 1
 
-    state = State(args.config, config, sha)
+    state = State(args.config, config, sha, args.label)
     notifier = Notifier()
 
     delay = standin.get("ready_delay_seconds", 0)
