@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from reconciler.errors import ReconError
-from reconciler.review import diff_command, load_diff, render_diff_markdown
+from reconciler.render.diff_markdown import render_diff_markdown
+from reconciler.review import diff_command, load_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = ROOT / "specs" / "platform.yaml"
