@@ -416,3 +416,42 @@ def test_a_file_new_in_head_reads_as_empty_at_base(repo: Path) -> None:
     # The other way round (a file HEAD no longer has) is a HEAD problem: `recon plan` would fail.
     out, code = run("WORKTREE", "HEAD", ("specs/platform.yaml", "specs/overrides/prod.yaml"))
     assert code == 1 and "spec file not found" in out
+
+
+# ------------------------------------------------------------------------------------ text layout
+def test_a_single_field_change_prints_once(tmp_path: Path) -> None:
+    """`~ orchestrator: config.server.workers 8 → 16` over `~ config.server.workers: 8 → 16` said it twice."""
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers=16))
+    out, code = run(old, new)
+    assert code == 2
+    assert out.count("config.server.workers") == 1, out
+    assert "  ~ orchestrator\n      ~ config.server.workers: 8 → 16\n" in out
+    # The summary stays in Markdown's table and in JSON.
+    assert "| orchestrator | ~ changed | config.server.workers 8 → 16 |" in run(old, new, fmt="markdown")[0]
+    assert json.loads(run(old, new, fmt="json")[0])["services"][0]["summary"] == "config.server.workers 8 → 16"
+    # A version-only change, and one host added to a service.
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator").update(version="5.0.1"))
+    out, _ = run(old, new)
+    assert out.split("Risks:")[0].count("5.0.0 → 5.0.1") == 1
+    assert "  ~ orchestrator\n      ~ version: 5.0.0 → 5.0.1\n" in out
+
+    def add_host(s: dict[str, Any]) -> None:
+        s["hosts"]["node2"] = {"address": "10.0.0.6"}
+        svc(s, "api-gateway")["hosts"] = ["node1", "node2"]
+
+    out, _ = run(*pair(tmp_path, add_host))
+    assert "  ~ api-gateway\n      + hosts: node2\n" in out
+    # When the summary only names what changed (several fields, an added key, a long value), it stays.
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers=16, extra=1))
+    out, _ = run(old, new)
+    assert "orchestrator: config (2 changes)" in out and "~ config.server.workers: 8 → 16" in out
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator").setdefault("env", {}).update(DEBUG="1"))
+    out, _ = run(old, new)
+    assert "~ orchestrator: +env.DEBUG\n" in out and "+ env.DEBUG: 1" in out
+    base = platform()
+    svc(base, "orchestrator")["config"]["server"]["workers"] = "x" * 30
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers="y" * 30),
+                    base=base)
+    out, _ = run(old, new)
+    assert "~ orchestrator: config.server.workers\n" in out
+    assert f"~ config.server.workers: {'x' * 30} → {'y' * 30}" in out

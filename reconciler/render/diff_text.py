@@ -85,9 +85,10 @@ def render_diff_text(diff: SpecDiff, color: bool) -> str:
         for label, items in (("", diff.services), ("host ", diff.hosts)):
             for item in items:
                 lines.append(Text())
+                # A summary that says all its one field line says is left out: each change prints once.
+                summary = "" if item.summary_in_full else ": " + printable(item.summary)
                 lines.append(Text.assemble("  ", (item.op, f"bold {styles[item.op]}"), " ",
-                                           (label + printable(item.name), "bold"), ": ",
-                                           printable(item.summary)))
+                                           (label + printable(item.name), "bold"), summary))
                 for f in item.fields:
                     lines.append(Text.assemble("      ", (f.op, styles[f.op]), field_line(f)[1:]))
     if diff.risks:

@@ -144,12 +144,14 @@ def hosts_text(hosts: Any) -> str:
     return ", ".join(map(str, hosts)) if isinstance(hosts, list) else str(hosts)
 
 
-def _service_summary(d: ItemDiff, svc: dict[str, Any]) -> str:
+def _service_summary(d: ItemDiff, svc: dict[str, Any]) -> tuple[str, bool]:
+    """The summary of a service's change, and whether it states that change in full (one field, with its
+    values): the text then prints the field line alone."""
     if d.op == "+":
         port = f", port {svc['port']}" if svc.get("port") is not None else ""
-        return f"new service, version {d.version_after} on {hosts_text(svc.get('hosts'))}{port}"
+        return f"new service, version {d.version_after} on {hosts_text(svc.get('hosts'))}{port}", False
     if d.op == "-":
-        return f"removed (was version {d.version_before} on {hosts_text(svc.get('hosts'))})"
+        return f"removed (was version {d.version_before} on {hosts_text(svc.get('hosts'))})", False
     parts: list[str] = []
     bumped = d.version_before != d.version_after
     if bumped:
@@ -159,22 +161,25 @@ def _service_summary(d: ItemDiff, svc: dict[str, Any]) -> str:
         top = re.split(r"[.\[]", f.path, maxsplit=1)[0]
         if top != "version" and not (bumped and top == "artifact"):  # a new release brings a new artifact
             sections.setdefault(top, []).append(f)
-    parts += [_section_words(top, fs) for top, fs in sections.items()]
-    return "; ".join(parts)
+    words = [_section_words(top, fs) for top, fs in sections.items()]
+    parts += [w for w, _ in words]
+    in_full = len(d.fields) == 1 and (all(full for _, full in words) if sections else bumped)
+    return "; ".join(parts), in_full
 
 
-def _section_words(top: str, fields: list[FieldDiff]) -> str:
-    """`config.server.workers`, `hosts +node2 -node3`, `config (3 changes)`."""
+def _section_words(top: str, fields: list[FieldDiff]) -> tuple[str, bool]:
+    """`config.server.workers 8 → 16`, `hosts +node2 -node3`, `config (3 changes)`; and whether the words
+    give every field of the section with its values."""
     if top in SET_FIELDS and all(f.op != "~" for f in fields):
-        return top + " " + " ".join(f"{f.op}{f.after if f.op == '+' else f.before}" for f in fields)
+        return top + " " + " ".join(f"{f.op}{f.after if f.op == '+' else f.before}" for f in fields), True
     if len(fields) == 1:
         f = fields[0]
         if f.op == "~" and not f.sensitive:
             b, a = before_after(f, 24)
             if len(b) + len(a) <= 40:
-                return f"{f.path} {b} → {a}"
-        return f"{f.op if f.op != '~' else ''}{f.path}"
-    return f"{top} ({len(fields)} changes)"
+                return f"{f.path} {b} → {a}", True
+        return f"{f.op if f.op != '~' else ''}{f.path}", False
+    return f"{top} ({len(fields)} changes)", False
 
 
 def service_diffs(base: Side, head: Side) -> list[ItemDiff]:
@@ -190,16 +195,16 @@ def service_diffs(base: Side, head: Side) -> list[ItemDiff]:
         vh = str(h_all[name].get("version")) if name in h_all else None
         if name not in b_all:
             d = ItemDiff(name, "+", "", _fields({}, h_raw[name], where), None, vh, head.origin(("services", name)))
-            d.summary = _service_summary(d, h_all[name])
+            d.summary, d.summary_in_full = _service_summary(d, h_all[name])
         elif name not in h_all:
             d = ItemDiff(name, "-", "", [], vb, None, base.origin(("services", name)))
-            d.summary = _service_summary(d, b_all[name])
+            d.summary, d.summary_in_full = _service_summary(d, b_all[name])
         else:
             fields = _fields(b_all[name], h_all[name], where)
             if not fields:
                 continue
             d = ItemDiff(name, "~", "", fields, vb, vh, head.origin(("services", name)))
-            d.summary = _service_summary(d, h_all[name])
+            d.summary, d.summary_in_full = _service_summary(d, h_all[name])
         out.append(d)
     return out
 

@@ -47,6 +47,7 @@ class ItemDiff:
     version_before: str | None = None
     version_after: str | None = None
     where: str | None = None
+    summary_in_full: bool = False     # the summary is its one field with values: the text shows it once
 
     @property
     def kind(self) -> str:
