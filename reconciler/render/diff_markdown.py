@@ -30,7 +30,7 @@ def _md_refs(diff: SpecDiff) -> str:
             return "working tree"
         return f"`{cell(name)}`" + (f" (`{rev[:7]}`)" if rev and rev[:7] != name[:7] else "")
 
-    files = f" · spec: {', '.join('`' + cell(f) + '`' for f in diff.files)}" if diff.files else ""
+    files = f" · spec: {', '.join('`' + cell(f) + '`' for f in diff.layers())}" if diff.files else ""
     return f"{ref(diff.base, diff.base_rev)} → {ref(diff.head, diff.head_rev)}{files}"
 
 

@@ -65,9 +65,8 @@ def render_diff_text(diff: SpecDiff, color: bool) -> str:
     styles = {"+": "green", "~": "yellow", "-": "red"}
     lines: list[Text] = [Text.assemble(("recon diff: ", "bold"), printable(ref_words(diff.base, diff.base_rev)),
                                        " → ", printable(ref_words(diff.head, diff.head_rev)))]
-    files = diff.files or []
-    if files:
-        lines.append(Text("Spec files: " + printable(", ".join(files)), style="dim"))
+    if diff.files:
+        lines.append(Text("Spec files: " + printable(", ".join(diff.layers())), style="dim"))
     lines.append(Text())
     if not diff.computed:
         lines.append(Text(f"No diff: the spec at {printable(ref_words(diff.head, None))} could not be read "

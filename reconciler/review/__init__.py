@@ -26,16 +26,24 @@ from reconciler.spec.merge import merge_layers
 FORMATS = ("text", "json", "markdown")
 
 
+def _looks_like_a_layer(side: Side) -> bool:
+    """A file with a service but no version for it is an override meant to be layered over others."""
+    return any("version" not in svc for svc in side.raw_services().values())
+
+
 def load_diff(base: str, head: str, files: Sequence[str] = (), cwd: str | None = None) -> SpecDiff:
     """Load both sides and compute the diff; ReconError for bad refs, paths or usage."""
     cwd = cwd or os.getcwd()
     notes: list[str] = []
     files = list(files)
-    base_side, head_side = load_sides(base, head, files, cwd, notes)
+    base_side, head_side, layer_at = load_sides(base, head, files, cwd, notes)
     diff = SpecDiff(base=base, head=head, base_rev=base_side.rev, head_rev=head_side.rev,
                     base_files=list(base_side.merged.files), head_files=list(head_side.merged.files),
                     files=files, head_problems=head_side.problems, base_problems=base_side.problems,
-                    notes=notes)
+                    notes=notes, layer_at=layer_at)
+    if not files and _looks_like_a_layer(head_side):
+        notes.append(f"{head} gives services without a version: if it is a layer over other spec files, name "
+                     f"them with -f: recon diff {base} {head} -f SPEC…")
     if base_side.broken:
         notes.append(f"the spec at {base_side.label} could not be read; every service shows as added")
         base_side = Side(base_side.label, base_side.rev, merge_layers([]), base_side.problems)

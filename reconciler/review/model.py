@@ -75,6 +75,7 @@ class SpecDiff:
     base_files: list[str] = field(default_factory=list)
     head_files: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)     # as given with -f (empty: two plain files)
+    layer_at: int | None = None   # BASE, HEAD: two files, the layer at this index over/among `files`
     services: list[ItemDiff] = field(default_factory=list)
     hosts: list[ItemDiff] = field(default_factory=list)
     risks: list[Risk] = field(default_factory=list)
@@ -108,6 +109,13 @@ class SpecDiff:
 
     def counts(self, items: list[ItemDiff]) -> dict[str, int]:
         return {word: sum(1 for i in items if i.op == op) for op, word in KIND_WORDS.items()}
+
+    def layers(self) -> list[str]:
+        """The -f files in layer order; when BASE and HEAD are two versions of one layer, that layer as
+        `BASE → HEAD` where it sits."""
+        if self.layer_at is None:
+            return list(self.files)
+        return [*self.files[:self.layer_at], f"{self.base} → {self.head}", *self.files[self.layer_at + 1:]]
 
     def rerun_command(self) -> str:
         if not self.files:
