@@ -460,7 +460,8 @@ def force_unlock(lock_id: str | None, state: str | None) -> int:
 @click.argument("base")
 @click.argument("head")
 @click.option("-f", "--file", "files", multiple=True, metavar="SPEC",
-              help="Spec file path(s) read at BASE and at HEAD (git refs). Without -f, BASE and HEAD are files.")
+              help="Spec file path(s) read at BASE and at HEAD (git refs), or the layers under BASE and HEAD "
+                   "(two files). Without -f, BASE and HEAD are two whole spec files.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
               help="text for people, json for machines, markdown for pull requests.")
 @no_color_option
@@ -469,14 +470,18 @@ def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -
     """Review a spec change without touching any host: what changes per service, and what is risky.
 
     BASE and HEAD are git refs (the -f files are read at each ref; WORKTREE means the files on
-    disk), or, without -f, two spec files. Risky changes are flagged: a removed service others
-    depend on, a dependency cycle, a port clash, an invalid spec, a major version bump or
-    downgrade, lower memory limits. Exit 0 no changes, 2 changes, 1 invalid HEAD or an error-level risk.
+    disk), or two files on disk. Two files with -f are two versions of one layer: the -f files
+    are layered beneath them (or, when BASE or HEAD is among the -f files, that layer is swapped
+    in place and the layers above it still apply). Two files without -f are two whole specs.
+    Risky changes are flagged: a removed service others depend on, a dependency cycle, a port
+    clash, an invalid spec, a major version bump or downgrade, lower memory limits.
+    Exit 0 no changes, 2 changes, 1 invalid HEAD or an error-level risk.
 
     \b
     Examples:
       recon diff origin/main HEAD -f specs/platform.yaml --format markdown > diff.md
       recon diff HEAD WORKTREE -f specs/platform.yaml -f specs/overrides/prod.yaml
+      recon diff local.yaml local-b.yaml -f specs/platform.yaml   # one layer, two versions
       recon diff old.yaml new.yaml
     """
     from reconciler.review import diff_command

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import pytest
 import yaml
 
 from reconciler.errors import ReconError
-from reconciler.review import diff_command, load_diff, render_diff_markdown
+from reconciler.render.diff_markdown import render_diff_markdown
+from reconciler.review import diff_command, load_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = ROOT / "specs" / "platform.yaml"
@@ -415,3 +417,143 @@ def test_a_file_new_in_head_reads_as_empty_at_base(repo: Path) -> None:
     # The other way round (a file HEAD no longer has) is a HEAD problem: `recon plan` would fail.
     out, code = run("WORKTREE", "HEAD", ("specs/platform.yaml", "specs/overrides/prod.yaml"))
     assert code == 1 and "spec file not found" in out
+
+
+# ------------------------------------------------------------------------------------ text layout
+def test_a_single_field_change_prints_once(tmp_path: Path) -> None:
+    """`~ orchestrator: config.server.workers 8 → 16` over `~ config.server.workers: 8 → 16` said it twice."""
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers=16))
+    out, code = run(old, new)
+    assert code == 2
+    assert out.count("config.server.workers") == 1, out
+    assert "  ~ orchestrator\n      ~ config.server.workers: 8 → 16\n" in out
+    # The summary stays in Markdown's table and in JSON.
+    assert "| orchestrator | ~ changed | config.server.workers 8 → 16 |" in run(old, new, fmt="markdown")[0]
+    assert json.loads(run(old, new, fmt="json")[0])["services"][0]["summary"] == "config.server.workers 8 → 16"
+    # A version-only change, and one host added to a service.
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator").update(version="5.0.1"))
+    out, _ = run(old, new)
+    assert out.split("Risks:")[0].count("5.0.0 → 5.0.1") == 1
+    assert "  ~ orchestrator\n      ~ version: 5.0.0 → 5.0.1\n" in out
+
+    def add_host(s: dict[str, Any]) -> None:
+        s["hosts"]["node2"] = {"address": "10.0.0.6"}
+        svc(s, "api-gateway")["hosts"] = ["node1", "node2"]
+
+    out, _ = run(*pair(tmp_path, add_host))
+    assert "  ~ api-gateway\n      + hosts: node2\n" in out
+    # When the summary only names what changed (several fields, an added key, a long value), it stays.
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers=16, extra=1))
+    out, _ = run(old, new)
+    assert "orchestrator: config (2 changes)" in out and "~ config.server.workers: 8 → 16" in out
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator").setdefault("env", {}).update(DEBUG="1"))
+    out, _ = run(old, new)
+    assert "~ orchestrator: +env.DEBUG\n" in out and "+ env.DEBUG: 1" in out
+    base = platform()
+    svc(base, "orchestrator")["config"]["server"]["workers"] = "x" * 30
+    old, new = pair(tmp_path, lambda s: svc(s, "orchestrator")["config"]["server"].update(workers="y" * 30),
+                    base=base)
+    out, _ = run(old, new)
+    assert "~ orchestrator: config.server.workers\n" in out
+    assert f"~ config.server.workers: {'x' * 30} → {'y' * 30}" in out
+
+
+# ------------------------------------------------------------------------------ one layer, on disk
+def recon(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "NO_COLOR": "1"})
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Path:
+    """specs/platform.yaml, specs/overrides/local.yaml, and local-b.yaml: local.yaml with 3 workers instead
+    of 2, without orchestrator's limits, and a longer control-center health timeout."""
+    shutil.copy(PLATFORM, write(tmp_path / "specs" / "platform.yaml", ""))
+    local = LOCAL.read_text()
+    write(tmp_path / "specs" / "overrides" / "local.yaml", local)
+    b = local.replace("server: {workers: 2}", "server: {workers: 3}")
+    b = b.replace("    limits: {memory_max: 256M, memory_high: 192M, cpu_quota: 50%}\n", "")
+    b += "  control-center:\n    health: {timeout_s: 40}\n"
+    assert b.count("\n") == local.count("\n") + 1
+    write(tmp_path / "specs" / "overrides" / "local-b.yaml", b)
+    return tmp_path
+
+
+def test_diff_one_layer_of_a_layered_spec_through_the_cli(layers: Path) -> None:
+    """BASE and HEAD files with -f: the -f files are the layers beneath, BASE and HEAD the two versions of
+    the layer on top (the newcomer's `recon diff local.yaml local-b.yaml -f specs/platform.yaml`)."""
+    a, b = "specs/overrides/local.yaml", "specs/overrides/local-b.yaml"
+    r = recon("diff", a, b, "-f", "specs/platform.yaml", cwd=layers)
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = r.stdout
+    assert out.startswith(f"recon diff: {a} → {b}\nSpec files: specs/platform.yaml, {a} → {b}\n")
+    assert "~ config.server.workers: 2 → 3" in out
+    assert "~ limits.memory_max: 256M → 4G" in out        # the platform's own limit for orchestrator
+    assert "  ~ control-center\n      ~ health.timeout_s: 15 → 40\n" in out
+    assert "new service" not in out and "Risks:" not in out
+    assert out.endswith("\nDiff: 2 services changed. No risks found.\n")
+    doc = json.loads(recon("diff", a, b, "-f", "specs/platform.yaml", "--format", "json", cwd=layers).stdout)
+    assert doc["base"]["files"] == ["specs/platform.yaml", a] and doc["head"]["files"] == ["specs/platform.yaml", b]
+    assert doc["base"]["valid"] and doc["head"]["valid"] and doc["summary"]["errors"] == 0
+    fields = {f["path"]: f for s in doc["services"] for f in s["fields"]}
+    assert fields["config.server.workers"]["where"].startswith(f"{b}:")
+    # Named among the -f files too (as in `recon plan -f … -f local.yaml`), BASE is replaced where it stands:
+    # the same diff, and a layer above it still applies.
+    r2 = recon("diff", a, b, "-f", "specs/platform.yaml", "-f", a, cwd=layers)
+    assert r2.returncode == 2 and r2.stdout.split("\n", 2)[2] == out.split("\n", 2)[2]
+    write(layers / "top.yaml", {"services": {"orchestrator": {"config": {"server": {"workers": 9}}}}})
+    r3 = recon("diff", a, b, "-f", "specs/platform.yaml", "-f", a, "-f", "top.yaml", cwd=layers)
+    assert r3.returncode == 2 and f"Spec files: specs/platform.yaml, {a} → {b}, top.yaml\n" in r3.stdout
+    assert "workers" not in r3.stdout and "~ limits.memory_max: 256M → 4G" in r3.stdout
+    # No change between the two versions: exit 0.
+    r4 = recon("diff", a, a, "-f", "specs/platform.yaml", cwd=layers)
+    assert r4.returncode == 0 and "No changes" in r4.stdout
+
+
+def test_diff_one_layer_usage_errors(layers: Path) -> None:
+    a = "specs/overrides/local.yaml"
+    r = recon("diff", a, "specs/overrides/local-bb.yaml", "-f", "specs/platform.yaml", cwd=layers)
+    assert r.returncode == 1 and not r.stdout
+    assert f"BASE '{a}' is a file but HEAD 'specs/overrides/local-bb.yaml' is not" in r.stderr
+    assert "Did you mean 'specs/overrides/local-b.yaml'" in r.stderr
+    r = recon("diff", a, "specs/overrides/local-b.yaml", "-f", "specs/platfrom.yaml", cwd=layers)
+    assert r.returncode == 1 and "spec file specs/platfrom.yaml not found" in r.stderr
+    assert "Did you mean 'specs/platform.yaml'?" in r.stderr
+    r = recon("diff", a, "specs/overrides/local-b.yaml", "-f", a, "-f", "specs/overrides/local-b.yaml", cwd=layers)
+    assert r.returncode == 1 and "both among the -f files" in r.stderr
+    # Two override files without -f: still two whole specs, with a hint at -f.
+    r = recon("diff", a, "specs/overrides/local-b.yaml", cwd=layers)
+    assert r.returncode == 1
+    assert f"recon diff {a} specs/overrides/local-b.yaml -f SPEC…" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_misspelt_git_ref_and_spec_file_suggest_the_closest(repo: Path) -> None:
+    git(repo, "branch", "release-5")
+    with pytest.raises(ReconError, match=r"unknown git ref 'HAED'.* Did you mean 'HEAD'\?"):
+        load_diff("HAED", "WORKTREE", ["specs/platform.yaml"])
+    with pytest.raises(ReconError, match=r"unknown git ref 'relase-5'.* Did you mean 'release-5'\?"):
+        load_diff("relase-5", "HEAD", ["specs/platform.yaml"])
+    with pytest.raises(ReconError, match=r"spec file specs/platfrom.yaml not found at HEAD and working tree\. "
+                                         r"Did you mean 'specs/platform.yaml'\?"):
+        load_diff("HEAD", "WORKTREE", ["specs/platfrom.yaml"])
+    with pytest.raises(ReconError, match=r"BASE 'specs/platfrom.yaml' is not a spec file\. "
+                                         r"Did you mean 'specs/platform.yaml'\?"):
+        load_diff("specs/platfrom.yaml", "specs/platform.yaml", [])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_recon_diff_imports_no_heavy_module(layers: Path, fmt: str) -> None:
+    from test_cli_validate import HEAVY, IMPORT_PROBE
+
+    r = subprocess.run([sys.executable, "-c", IMPORT_PROBE.format(heavy=HEAVY), "diff", "specs/overrides/local.yaml",
+                        "specs/overrides/local-b.yaml", "-f", "specs/platform.yaml", "--format", fmt],
+                       cwd=layers, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "HEAVY=", r.stderr
+
+
+def test_diff_help_explains_one_layer() -> None:
+    r = recon("diff", "--help", cwd=ROOT)
+    assert r.returncode == 0
+    assert "recon diff local.yaml local-b.yaml -f specs/platform.yaml   # one layer, two versions" in r.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 
 from reconciler.plan import Change, FieldChange, Plan
 from reconciler.render.common import (
@@ -73,7 +74,8 @@ def _diff_line(f: FieldChange) -> str:
     return f"{fm} {printable(f.path)}: {value}{drift}"
 
 
-def _fence(body: str) -> str:
+def code_fence(body: str) -> str:
+    """A code fence longer than any run of backticks in `body`, so the block cannot be closed early."""
     longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
     return "`" * max(3, longest + 1)
 
@@ -81,7 +83,7 @@ def _fence(body: str) -> str:
 def _details(c: Change) -> str:
     summary = html.escape(f"{mark(c.action)} {printable(c.address)}: {c.action} — {_reason(c)}", quote=False)
     body = "\n".join([*(_diff_line(f) for f in c.fields), f"# {effect_words(c.effect)}"])
-    fence = _fence(body)
+    fence = code_fence(body)
     return (f"<details><summary>{summary}</summary>\n\n{fence}diff\n{body}\n{fence}\n\n</details>\n\n")
 
 
@@ -105,8 +107,24 @@ def _more_note(n: int, details_only: bool) -> str:
     return f"_… {what} not shown (comment size limit); run `recon plan` for the full plan._"
 
 
-def _join(parts: list[str]) -> str:
+def join_blocks(parts: list[str]) -> str:
+    """Markdown blocks separated by one blank line; empty blocks left out."""
     return "\n\n".join(p.strip("\n") for p in parts if p.strip())
+
+
+def largest_fitting(build: Callable[[int], str], n: int, limit: int) -> str | None:
+    """`build(k)` for the largest k ≤ n whose length is at most `limit`, or None when even `build(0)` is
+    longer. `build(k)` must grow with k (k items shown, a closing note about the n - k left out)."""
+    if len(build(0)) > limit:
+        return None
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(build(mid)) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return build(lo)
 
 
 def _fit(before: list[str], items: list[str], after: list[str], wrap: str, limit: int,
@@ -114,21 +132,9 @@ def _fit(before: list[str], items: list[str], after: list[str], wrap: str, limit
     """`before`, as many of `items` (joined, wrapped in `wrap` when not empty) as fit, `after`, the note."""
     def build(k: int) -> str:
         block = wrap + "".join(items[:k]) if k else ""
-        return _join([*before, block, *after, _more_note(len(items) - k, details_only)])
+        return join_blocks([*before, block, *after, _more_note(len(items) - k, details_only)])
 
-    fixed = len(build(0))
-    if fixed > limit:
-        return None
-    kept, used = 0, fixed
-    for item in items:
-        if used + len(item) > limit:
-            break
-        kept, used = kept + 1, used + len(item)
-    text = build(kept)
-    while len(text) > limit and kept:
-        kept -= 1
-        text = build(kept)
-    return text
+    return largest_fitting(build, len(items), limit)
 
 
 def render_markdown(plan: Plan, limit: int = 65000, title: str = "recon plan") -> str:
@@ -147,7 +153,7 @@ def render_markdown(plan: Plan, limit: int = 65000, title: str = "recon plan") -
     details = [_details(c) for c in plan.changes]
     table = _table_head() + "".join(rows) if rows else ""
 
-    full = _join([*head, table, "".join(details), *tail])
+    full = join_blocks([*head, table, "".join(details), *tail])
     if len(full) <= limit:
         return full
     # 1. The whole table, details from the start while they fit (notes kept when they fit too).
@@ -166,5 +172,5 @@ def render_markdown(plan: Plan, limit: int = 65000, title: str = "recon plan") -
     note = _more_note(len(rows), False)
     if len(note) >= limit:
         return note[:limit]
-    cut = _join(head)[: limit - len(note) - 2].rstrip()
+    cut = join_blocks(head)[: limit - len(note) - 2].rstrip()
     return cut + "\n\n" + note

@@ -143,7 +143,8 @@ def _host(name: str, raw: dict[str, Any]) -> Host:
                 user=raw.get("user"), ssh_key=raw.get("ssh_key"), known_hosts=raw.get("known_hosts"))
 
 
-def _merged_service(raw: dict[str, Any]) -> dict[str, Any]:
+def with_builtin_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A service's mapping (its `defaults:` already merged in) over the built-in defaults, one level deep."""
     out: dict[str, Any] = {}
     for key, value in BUILTIN_DEFAULTS.items():
         out[key] = dict(value) if isinstance(value, dict) else value
@@ -157,7 +158,7 @@ def _merged_service(raw: dict[str, Any]) -> dict[str, Any]:
 
 def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact_base: Path | None) -> Service:
     """Build a Service from its merged mapping; assumes schema and semantic checks passed."""
-    s = _merged_service(raw)
+    s = with_builtin_defaults(raw)
     art = s.get("artifact") or {}
     path = art.get("path")
     artifact_path = None
