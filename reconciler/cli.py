@@ -84,6 +84,10 @@ def exit_code(result: object, detailed: bool = False) -> int:
         return 1 if result.applied is not None and result.applied.failed else 0
     if isinstance(result, r.StatusResult):
         return 0 if result.ok else 1
+    from reconciler.review.model import SpecDiff
+
+    if isinstance(result, SpecDiff):
+        return result.exit_code     # 0 no changes, 2 changes, 1 HEAD invalid or an error-level risk
     return 0
 
 
@@ -484,11 +488,13 @@ def diff(base: str, head: str, files: Sequence[str], fmt: str, no_color: bool) -
       recon diff local.yaml local-b.yaml -f specs/platform.yaml   # one layer, two versions
       recon diff old.yaml new.yaml
     """
-    from reconciler.review import diff_command
+    from reconciler.render import render_diff
+    from reconciler.runner import DiffRequest, run_diff
 
-    out, code = diff_command(base, head, files, fmt, use_color(no_color))
+    result = run_diff(DiffRequest(base, head, tuple(files)))
+    out = render_diff(result, fmt, use_color(no_color))
     click.echo(out, nl=not out.endswith("\n"))
-    return code
+    return exit_code(result)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from reconciler.errors import ReconError, unknown_name
 if TYPE_CHECKING:   # the pipeline is imported by the runners that use it, so `recon validate` starts fast
     from reconciler.outcome import ApplyResult, Event
     from reconciler.plan import Plan
+    from reconciler.review.model import SpecDiff
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -68,6 +69,13 @@ class HistoryRequest:
     service: str | None = None
     limit: int = 50
     state: str | None = None
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    base: str                        # a git ref, WORKTREE, or a file
+    head: str
+    files: tuple[str, ...] = ()      # the spec files read at each ref (or the layers under two files)
 
 
 @dataclass(frozen=True)
@@ -349,6 +357,13 @@ def run_history(req: HistoryRequest) -> HistoryResult:
             raise unknown_name("service", req.service, known, where="recon's state or history")
     entries = [e for e in every if not req.service or e.get("service") == req.service]
     return HistoryResult(entries[-req.limit:] if req.limit > 0 else entries, req.service)
+
+
+def run_diff(req: DiffRequest) -> SpecDiff:
+    """The spec at BASE and at HEAD, compared, with the risks of the change; no host is contacted."""
+    from reconciler.review import load_diff
+
+    return load_diff(req.base, req.head, req.files)
 
 
 def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:

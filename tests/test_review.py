@@ -19,13 +19,22 @@ import yaml
 
 from reconciler.errors import ReconError
 from reconciler.render.diff_markdown import render_diff_markdown
-from reconciler.review import diff_command, load_diff
+from reconciler.review import load_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = ROOT / "specs" / "platform.yaml"
 LOCAL = ROOT / "specs" / "overrides" / "local.yaml"
 ANSI = re.compile(r"\x1b\[")
 FORMATS = ("text", "json", "markdown")
+
+
+def diff_command(base: str, head: str, files: list[str], fmt: str, color: bool) -> tuple[str, int]:
+    """What `recon diff` prints and its exit code, in process."""
+    from reconciler.cli import exit_code
+    from reconciler.render import render_diff
+
+    diff = load_diff(base, head, files)
+    return render_diff(diff, fmt, color), exit_code(diff)
 
 
 def platform() -> dict[str, Any]:
@@ -401,7 +410,7 @@ def test_usage_errors_are_recon_errors(tmp_path: Path, repo: Path) -> None:
         load_diff("main", "HEAD", [])
     with pytest.raises(ReconError, match=r"outside the git repository"):
         load_diff("HEAD", "WORKTREE", [str(tmp_path / "elsewhere.yaml")])
-    with pytest.raises(ReconError, match=r"unknown format"):
+    with pytest.raises(ValueError, match=r"unknown diff format"):
         diff_command("HEAD", "HEAD", ["specs/platform.yaml"], "yaml", False)
     with pytest.raises(ReconError, match=r"not inside a git repository"):
         load_diff("HEAD~1", "HEAD", ["x.yaml"], cwd=str(tmp_path))

@@ -16,14 +16,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from reconciler.errors import ReconError
 from reconciler.review.compare import host_diffs, service_diffs
 from reconciler.review.load import Side, load_sides
 from reconciler.review.model import FieldDiff, ItemDiff, Risk, SpecDiff
 from reconciler.review.risks import find_risks
 from reconciler.spec.merge import merge_layers
-
-FORMATS = ("text", "json", "markdown")
 
 
 def _looks_like_a_layer(side: Side) -> bool:
@@ -56,27 +53,4 @@ def load_diff(base: str, head: str, files: Sequence[str] = (), cwd: str | None =
     return diff
 
 
-def diff_command(base: str, head: str, files: Sequence[str], fmt: str, color: bool) -> tuple[str, int]:
-    """`recon diff BASE HEAD [-f SPEC…] [--format text|json|markdown]` → (output, exit code).
-
-    Exit 0 no changes, 2 changes and nothing error-level, 1 HEAD invalid or an error-level risk.
-    Raises ReconError for usage problems (unknown ref, missing file, not a git repository)."""
-    if fmt not in FORMATS:
-        raise ReconError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    diff = load_diff(base, head, files)
-    if fmt == "json":
-        from reconciler.render.diff_json import render_diff_json
-
-        out = render_diff_json(diff)
-    elif fmt == "markdown":
-        from reconciler.render.diff_markdown import render_diff_markdown
-
-        out = render_diff_markdown(diff) + "\n"
-    else:
-        from reconciler.render.diff_text import render_diff_text
-
-        out = render_diff_text(diff, color)
-    return out, diff.exit_code
-
-
-__all__ = ["FORMATS", "FieldDiff", "ItemDiff", "Risk", "SpecDiff", "diff_command", "load_diff"]
+__all__ = ["FieldDiff", "ItemDiff", "Risk", "SpecDiff", "load_diff"]
