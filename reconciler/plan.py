@@ -635,6 +635,8 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
             return f"{f.path} changed"
         if f.path == "version":
             return f"version {f.before} → {f.after}"
+        if f.path.startswith(DROPIN_FIELD + "[") and f.after is None:
+            return f"drop-in {f.path[len(DROPIN_FIELD) + 1:-1]} ({_short(f.before)}) to be removed"
         return f"{f.path.split(' (')[0]} {_short(f.before)} → {_short(f.after)}"
 
     drift_note = " (changed outside recon)" if any(f.kind == "drift" for f in fields) else ""
