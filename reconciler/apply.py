@@ -24,7 +24,7 @@ from pyinfra.operations import files, server, systemd
 from reconciler.desired import DesiredService, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, Outcome
-from reconciler.plan import Change, Plan
+from reconciler.plan import Change, Plan, dropin_field
 from reconciler.state import ServiceRecord, State, StateStore, now_iso
 
 JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
@@ -59,6 +59,34 @@ def record_of(d: DesiredService, salt: str, status: str, previous: str | None, s
         serial=serial)
 
 
+def last_healthy(rec: ServiceRecord | None) -> str | None:
+    """The last release recon recorded healthy for a service: the record's own release once it passed a
+    health gate (applied, or rolled back to), else the release recorded before it (an apply that was
+    interrupted or failed: `version` is the release that never proved healthy)."""
+    if rec is None:
+        return None
+    if rec.status in ("applied", "rolled-back"):
+        return rec.version
+    return rec.previous_version
+
+
+def rollback_target(rec: ServiceRecord | None, kept: list[str]) -> str | None:
+    """Where a service that fails its health gate goes back to: the last release recorded healthy, if it
+    is still kept on the host. Never what the host merely shows as `current` (it may be the release
+    that just failed, after a crash, or a link set by hand)."""
+    v = last_healthy(rec)
+    return v if v and v in kept else None
+
+
+def previous_for(rec: ServiceRecord | None, new_version: str, kept: list[str]) -> str | None:
+    """The previous release to record for a service moving to `new_version`: the last one recorded
+    healthy, else the one recorded before it; only a release recon recorded and still keeps on the host."""
+    for v in (last_healthy(rec), rec.previous_version if rec else None):
+        if v and v != new_version and v in kept:
+            return v
+    return None
+
+
 class Applier:
     """Carries out one plan. `session` is an open `transport.Session` (its pyinfra State is reused)."""
 
@@ -80,6 +108,7 @@ class Applier:
         st.is_executing = True
         self._op_seq = 0
         self.prepared: set[tuple[str, str]] = set()
+        self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to
         self.op_errors = _OpErrors()
         logging.getLogger("pyinfra").addHandler(self.op_errors)
 
@@ -245,11 +274,22 @@ class Applier:
                     self.handle_failure(host, c, d, detail, wave)
         return not failed
 
+    def _kept(self, host: str, service: str) -> list[str]:
+        """The releases observed under the service's releases/ dir before this run changed anything."""
+        obs = self.run.observed.get(host)
+        o = obs.services.get(service) if obs else None
+        return list(o.releases) if o else []
+
     def _previous(self, host: str, c: Change) -> str | None:
-        rec = self.state.record(host, c.service)
-        if c.action == "replace" and c.from_version and c.from_version != c.to_version:
-            return c.from_version
-        return rec.previous_version if rec else None
+        return previous_for(self.state.record(host, c.service), self.run.desired[host][c.service].version,
+                            self._kept(host, c.service))
+
+    def _dropins_to_remove(self, host: str, c: Change) -> list[str]:
+        """The drop-in files the change lists (those `ignore_drift` covers are not in it)."""
+        obs = self.run.observed.get(host)
+        o = obs.services.get(c.service) if obs else None
+        listed = {f.path for f in c.fields}
+        return sorted(p for p in (o.dropins if o else {}) if dropin_field(p) in listed)
 
     def stage_files(self, host: str, c: Change, d: DesiredService) -> None:
         """Upload what the change needs into the release directory; nothing is switched yet."""
@@ -316,11 +356,16 @@ class Applier:
         """Record intent, switch `current` atomically, install units, one daemon-reload."""
         for c in changes:
             d = desired[c.service]
+            self.fallback[(host, c.service)] = rollback_target(self.state.record(host, c.service),
+                                                               self._kept(host, c.service))
             self.record(d, "in-progress", self._previous(host, c))
         parts = []
         for c in changes:
             d = desired[c.service]
             q = shlex.quote
+            dropins = self._dropins_to_remove(host, c)
+            if dropins:
+                parts.append(f"rm -f -- {' '.join(q(p) for p in dropins)}")
             parts.append(
                 f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet - || "
                 f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}; "
@@ -363,12 +408,19 @@ class Applier:
             self.outcome(c, "failed", detail)
             return
         q = shlex.quote
-        prev = c.from_version
-        if c.action == "create" or not prev:
+        prev = self.fallback.get((host, c.service))
+        if prev is None:
             self.sh(host, f"systemctl disable -q --now {q(d.unit_name)} 2>/dev/null; true")
             self.set_status(host, c.service, "failed")
-            self.emit("rollback", host, c.service, "no earlier release: stopped it", wave)
-            self.outcome(c, "failed", f"{detail}; no earlier release, service stopped")
+            self.emit("rollback", host, c.service, "no earlier release recorded healthy: stopped it", wave)
+            self.outcome(c, "failed", f"{detail}; no earlier release recorded healthy, service stopped")
+            return
+        if prev == d.version and c.action not in ("update", "reload"):
+            # nothing was changed but the process: the release that failed is the last one recorded healthy
+            self.set_status(host, c.service, "failed")
+            self.emit("fail", host, c.service, f"{prev} is the last release recorded healthy; left as it is", wave)
+            self.outcome(c, "failed", f"{detail}; {prev} is the last release recorded healthy, nothing to roll "
+                                      "back to")
             return
         self.emit("rollback", host, c.service, f"rolling back to {prev}", wave)
         if prev != d.version:
@@ -447,10 +499,11 @@ class Applier:
             with self.lock:
                 rec = self.state.record(c.host, c.service)
                 fields = {"version": target, "unit_text": unit, "unit_sha": sha256_text(unit), "config_text": cfg,
-                          "config_sha": sha256_text(cfg), "previous_version": current,
+                          "config_sha": sha256_text(cfg),
+                          "previous_version": previous_for(rec, target, self._kept(c.host, c.service)),
                           "sha256": self._binary_sha(c.host, d.service_dir, target, d.service)}
                 if rec is None:
-                    self.record(d, "applied", current, version=target)
+                    self.record(d, "applied", None, version=target)
                 self.set_status(c.host, c.service, "applied", **fields)
             self.emit("ok", c.host, c.service, f"rolled back to {target}, healthy ({detail})")
             self.outcome(c, "replaced", f"rollback to {target}: {detail}")

@@ -63,6 +63,8 @@ class ObservedService:
     cmdline: str | None = None
     health: Health | None = None
     service_dir: str | None = None         # where its releases are (anchors running_version)
+    # drop-ins in /etc/systemd/system/UNIT.d/ and /run/systemd/system/UNIT.d/: path -> text
+    dropins: dict[str, str] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -97,6 +99,7 @@ class ObservedService:
             "config": self.config_text, "unit": self.unit_text, "env_hash": self.env_hash,
             "active": self.props.get("ActiveState"), "memory_max": self.props.get("MemoryMax"),
             "running": self.running_version, "drop_ins": self.props.get("DropInPaths"),
+            "dropins": dict(sorted(self.dropins.items())),
         }
 
 
@@ -133,6 +136,10 @@ obs() {
   [ -n "$v" ] && [ "$v" != "$cur" ] && readable "$n" "$d/releases/$v/$n" && bins="$bins$d/releases/$v/$n$NL"
   readable "$n" "$c" && files="$files$c$NL"
   readable "$n" "/etc/systemd/system/$u" && files="$files/etc/systemd/system/$u$NL"
+  for f in "/etc/systemd/system/$u.d/"*.conf "/run/systemd/system/$u.d/"*.conf; do
+    case $f in *"$NL"*) rec odd_dropin "$n" -; continue;; esac
+    readable "$n" "$f" && rec dropin "$n" "$f" && files="$files$f$NL"
+  done
   readable "$n" "$e" && rec env_hash "$n" "$({ printf '%s\000' "$RECON_SALT"; cat "$e"; } | sha256sum)"
 }
 readable() { [ -f "$2" ] || return 1; [ -r "$2" ] && return 0; rec unreadable "$1" "$2"; return 1; }
@@ -158,7 +165,9 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     links, and one `sha256sum`, `stat`, `cat`, `systemctl show`, `grep` (command lines), `curl`
     (every health check, in parallel; no proxy, no URL globbing; results matched by position) and
     `getent` each cover all services. Health is checked only for active units, and only where curl
-    is installed. Each block is one base64 line `key<TAB>-<TAB>payload`, parsed by `parse_output`.
+    is installed. Drop-ins of each unit (`/etc` and `/run/systemd/system/UNIT.d/*.conf`) are found
+    with globs and read with the other files. Each block is one base64 line `key<TAB>-<TAB>payload`,
+    parsed by `parse_output`.
     """
     targets = list(targets)
     q = shlex.quote
@@ -255,6 +264,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         return blocks.get(key, b"").decode("utf-8", "replace")
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
+    dropins: dict[str, list[str]] = {}
     for line in text_of("meta").splitlines():
         key, _, rest = line.partition("\t")
         name, _, value = rest.partition("\t")
@@ -266,6 +276,11 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue
         if key == "unreadable":
             raise ObserveError(f"cannot read {value} ({name}): observe as root, or let the SSH user read it")
+        if key == "odd_dropin":
+            raise ObserveError(f"a drop-in of {name}'s unit has a newline in its file name; rename or remove it")
+        if key == "dropin":
+            dropins.setdefault(name, []).append(value)
+            continue
         svc = obs.services.get(name)
         if svc is None:
             continue
@@ -292,6 +307,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         svc.props = show.get(t.unit_name, {})
         svc.cmdline = cmdlines.get(svc.props.get("MainPID", ""))
         svc.service_dir = t.service_dir
+        svc.dropins = {p: contents[p] for p in dropins.get(name, []) if p in contents}
         if t.unit_name in checks:
             code = health.get(t.unit_name, "000")
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)

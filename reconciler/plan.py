@@ -327,12 +327,14 @@ def _show_live(key: str, v: int | str) -> str:
 
 def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, Any]]:
     """Limits changed at run time (`systemctl set-property`): the running value differs from what the
-    unit file on the host says. (A limit changed in the file itself is a unit change, not this.)"""
+    unit file on the host and its drop-ins say. (A limit changed in the file itself is a unit change,
+    and one set by a drop-in is that drop-in's change, not this.)"""
     props = o.props
     if not props or o.unit_text is None:
         return []
     want = unit_limits(d.unit_text)
-    seen = want if o.unit_text == d.unit_text else unit_limits(o.unit_text)
+    effective = o.unit_text + "".join("\n" + t for t in _dropins_in_order(o)) if o.dropins else o.unit_text
+    seen = want if effective == d.unit_text else unit_limits(effective)
     out: list[tuple[str, Any, Any]] = []
     for prop, key in LIVE_PROPS:
         raw = props.get(prop)
@@ -352,6 +354,51 @@ def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, 
         after = want[key][0] if key in want else None
         out.append((f"{UNIT_KEYS[key]} (live {key})", _show_live(key, live), after))
     return out
+
+
+# --------------------------------------------------------------------------------------------- drop-ins
+# Settings in a drop-in that may carry a secret: shown without their value.
+_HIDDEN_DROPIN_KEYS = frozenset({"Environment", "SetCredential", "SetCredentialEncrypted"})
+DROPIN_FIELD = "unit.dropin"
+
+
+def dropin_field(path: str) -> str:
+    """The field path of a drop-in: `unit.dropin[NAME]` for /etc/systemd/system/UNIT.d/NAME and
+    `unit.dropin[run/NAME]` for /run/systemd/system/UNIT.d/NAME. Apply matches the observed drop-ins
+    of a service against these paths to know which files to remove."""
+    name = path.rsplit("/", 1)[-1]
+    return f"{DROPIN_FIELD}[{'run/' if path.startswith('/run/') else ''}{name}]"
+
+
+def dropin_summary(text: str) -> str:
+    """What a drop-in sets, on one line (`MemoryMax=80M; TasksMax=9`); values that may be secret hidden."""
+    parts = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;" or line.startswith("["):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if key in _HIDDEN_DROPIN_KEYS:
+            parts.append(f"{key}=(not shown)")
+        else:
+            parts.append(f"{key}={value.strip()}" if sep else key)
+    return "; ".join(parts) or "(no settings)"
+
+
+def _dropins_in_order(o: ObservedService) -> list[str]:
+    """The drop-in texts in the order systemd applies them: by file name, a name in /etc hiding the
+    same name in /run."""
+    by_name: dict[str, str] = {}
+    for path in sorted(o.dropins, key=lambda p: (p.startswith("/etc/"), p)):
+        by_name[path.rsplit("/", 1)[-1]] = o.dropins[path]
+    return [by_name[n] for n in sorted(by_name)]
+
+
+def _dropin_fields(o: ObservedService) -> list[FieldChange]:
+    """Each drop-in recon finds for its unit: drift (recon never writes one), removed by apply."""
+    return sorted((FieldChange(dropin_field(p), dropin_summary(t), None, "drift") for p, t in o.dropins.items()),
+                  key=lambda f: f.path)
 
 
 def _human(n: int) -> str:
@@ -381,6 +428,7 @@ def _fast_converged(d: DesiredService, o: ObservedService, salt: str) -> bool:
         and _healthy(d, o)
         and (o.running_version in (None, d.version))
         and o.env_hash == d.secrets_hash(salt)
+        and not o.dropins
         and not _live_limits(d, o)
     )
 
@@ -396,7 +444,7 @@ def _applied(record: ServiceRecord | None) -> bool:
     return record is not None and record.status == "applied"
 
 
-def _create(d: DesiredService, record: ServiceRecord | None) -> Change:
+def _create(d: DesiredService, record: ServiceRecord | None, o: ObservedService | None = None) -> Change:
     fields = [FieldChange("version", None, d.version), FieldChange("artifact.sha256", None, d.sha256),
               FieldChange("config", None, "(new file)"), FieldChange("unit", None, "(new unit)")]
     if d.secret_names:
@@ -404,6 +452,8 @@ def _create(d: DesiredService, record: ServiceRecord | None) -> Change:
     drift = _applied(record)
     for f in fields:
         f.kind = "drift" if drift else "desired"
+    if o is not None and o.dropins:     # drop-ins left for a unit that is gone would apply to the new one
+        fields += [f for f in _dropin_fields(o) if not _ignored(f.path, d.ignore_drift)]
     reason = "service is not on the host" + (" (removed outside recon)" if drift else "")
     return Change(d.address, d.host, d.service, "create", reason, "start", fields=fields, drift=drift,
                   to_version=d.version)
@@ -416,7 +466,7 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     A Change with action "none" means: it differs only in fields listed under `ignore_drift`.
     """
     if not o.exists:
-        change = _create(d, record)
+        change = _create(d, record, o)
         if refresh_only and not change.drift:
             return None
         return change
@@ -443,6 +493,7 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     # unit by key (the release path in ExecStart follows the version: not a change of its own)
     if o.unit_text != d.unit_text:
         fields += _unit_fields(d, o, rec)
+    fields += _dropin_fields(o)
     # secrets (a salted fingerprint only; values never leave memory)
     want_env = d.secrets_hash(salt)
     if o.env_hash != want_env:
@@ -569,8 +620,10 @@ def _dig(d: Any, keys: tuple[str, ...]) -> Any:
 
 
 def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
-    base = path.split(" (", 1)[0]
-    return any(base == p or base.startswith(p + ".") for p in patterns)
+    """`limits` covers `limits.memory_max (live MemoryMax)`; `unit.dropin` covers every
+    `unit.dropin[NAME]`, and `unit.dropin[NAME]` that one drop-in."""
+    base = path if path.startswith(DROPIN_FIELD + "[") else path.split(" (", 1)[0]
+    return any(base == p or base.startswith(p + ".") or base.startswith(p + "[") for p in patterns)
 
 
 def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) -> tuple[str, str, str]:
@@ -581,6 +634,8 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
             return f"{f.path} changed"
         if f.path == "version":
             return f"version {f.before} → {f.after}"
+        if f.path.startswith(DROPIN_FIELD + "[") and f.after is None:
+            return f"drop-in {f.path[len(DROPIN_FIELD) + 1:-1]} ({_short(f.before)}) to be removed"
         return f"{f.path.split(' (')[0]} {_short(f.before)} → {_short(f.after)}"
 
     drift_note = " (changed outside recon)" if any(f.kind == "drift" for f in fields) else ""
@@ -690,11 +745,12 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
 
 
 def _dropin_notes(host: str, d: DesiredService, o: ObservedService) -> list[str]:
-    """Drop-ins recon does not write change the unit behind the spec's back: say so (apply leaves
-    them). `systemctl set-property` drop-ins (system.control) are planned as run-time limits instead."""
+    """Drop-ins systemd loads from elsewhere (/usr/lib, `service.d/` for all services): noted, left alone.
+    Those in /etc and /run/systemd/system/UNIT.d/ are planned as changes (`_dropin_fields`), and
+    `systemctl set-property` ones (system.control) as run-time limits."""
     out = []
     for path in o.props.get("DropInPaths", "").split():
-        if "/system.control/" in path:
+        if "/system.control/" in path or path in o.dropins:
             continue
         out.append(f"{host}: {d.unit_name} has a drop-in recon does not manage: {path} (left alone)")
     return out

@@ -228,7 +228,7 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
 def settle_records(run: Any, plan: Plan) -> None:
     """Services that need no change are recorded as applied: a crash after the host converged but
     before the record was written, or a host set up to match the spec, leaves state that now agrees."""
-    from reconciler.apply import record_of
+    from reconciler.apply import previous_for, record_of
 
     changed = {c.address for c in plan.changes} | set(plan.ignored_drift)
     dirty = False
@@ -246,7 +246,7 @@ def settle_records(run: Any, plan: Plan) -> None:
                                               and rec.config_sha == d.config_sha):
                 continue
             run.state.hosts.setdefault(host, {})[name] = record_of(
-                d, run.salt, "applied", rec.previous_version if rec else None, run.state.serial + 1)
+                d, run.salt, "applied", previous_for(rec, d.version, o.releases), run.state.serial + 1)
             dirty = True
     if dirty:
         run.store.save(run.state)

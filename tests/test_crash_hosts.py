@@ -3,6 +3,7 @@ converges, with a state file that always parses and no release lost (real host o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,3 +70,61 @@ def test_kill_9_at_twenty_points_then_apply_converges(testhost: TestHost, tmp_pa
             rec = recorded.record("node1", name)
             assert rec is not None and rec.status == "applied" and rec.version == want[name]
     assert len(killed_at) >= 15, f"only {len(killed_at)} applies were still running when killed"
+
+
+def _running_release(host: TestHost, unit: str) -> str:
+    pid = _exec(host, f"systemctl show -p MainPID --value {unit}").strip()
+    return _exec(host, f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null") if pid and pid != "0" else ""
+
+
+def _wait_for(cond: Any, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """Poll cond() until it holds (True) or the apply ended or the time ran out (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_kill_9_in_the_health_gate_of_an_unhealthy_release_then_apply_ends_on_the_last_healthy(
+        testhost: TestHost, tmp_path: Path, artifacts: Any) -> None:
+    """control-center 5.0.0 → 5.0.2-unhealthy, killed while the gate waits for its health (just after the
+    restart, and in the middle of the wait) and while rolling back: the same apply again must go back
+    to 5.0.0, the last release recorded healthy (not to the unhealthy release `current` points at)."""
+    m = Mini(tmp_path, [testhost], artifacts)
+    m.health_timeout = 6
+    m.apply()
+    store = StateStore(tmp_path / "state")
+    unit = "provisioning-control-center.service"
+    current = "/opt/provisioning/control-center/current"
+    m.versions["control-center"] = "5.0.2-unhealthy"
+    for point, extra in (("gate start", 0.0), ("mid gate", 3.0), ("rolling back", 0.0)):
+        proc = _start_apply(m)
+        if point == "rolling back":   # the gate gave up: `current` is switched back while recon still runs
+            reached = (_wait_for(lambda: "5.0.2-unhealthy" in _running_release(testhost, unit), proc)
+                       and _wait_for(lambda: _exec(testhost, f"readlink {current}").strip() == "releases/5.0.0",
+                                     proc))
+        else:
+            reached = _wait_for(lambda: "5.0.2-unhealthy" in _running_release(testhost, unit), proc)
+        time.sleep(extra)
+        assert reached and proc.poll() is None, f"{point}: the apply ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rec = store.load().record("node1", "control-center")
+        assert rec is not None and (rec.status, rec.version, rec.previous_version) == (
+            "in-progress", "5.0.2-unhealthy", "5.0.0"), f"{point}: {rec}"
+        res = m.apply(check=1)
+        assert "rolling back to 5.0.0" in res.stdout and "back on 5.0.0, healthy" in res.stdout, \
+            f"{point}:\n{res.stdout}"
+        assert "5.0.2-unhealthy failed" not in res.stdout
+        assert _exec(testhost, f"readlink {current}").strip() == "releases/5.0.0"
+        answer = health(testhost, 8081)
+        assert (answer["version"], answer["status"]) == ("5.0.0", "healthy"), f"{point}: {answer}"
+        rec = store.load().record("node1", "control-center")
+        assert rec is not None and (rec.status, rec.version) == ("rolled-back", "5.0.0"), f"{point}: {rec}"
+        assert "5.0.0" in _exec(testhost, "ls /opt/provisioning/control-center/releases").split()
+        # consistent: the next plan wants the spec's release again, as a desired change, nothing else
+        plan = json.loads(m.run("plan", "--format", "json", check=0).stdout)
+        assert [(c["address"], c["action"], c["drift"]) for c in plan["changes"]] == [
+            ("node1/control-center", "replace", False)], f"{point}: {plan['changes']}"
