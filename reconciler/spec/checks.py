@@ -15,7 +15,7 @@ from reconciler.errors import Problem
 from reconciler.spec.loader import SpecPath, format_path
 from reconciler.spec.merge import Merged
 from reconciler.spec.template import PLACEHOLDERS, unknown_placeholders
-from reconciler.spec.units import parse_count, parse_duration, parse_percent, parse_size
+from reconciler.spec.units import parse_count, parse_duration, parse_percent, parse_size, range_problem
 
 _UNIT_FIELDS: dict[tuple[str, str], tuple[Any, str]] = {
     ("limits", "memory_max"): (parse_size, "a size like 512M, 4G or infinity"),
@@ -158,15 +158,22 @@ def _check_units(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
         if value is None:
             continue
         try:
-            parse(value)
+            parsed = parse(value)
         except (ValueError, TypeError):
             c.add((*base, section, key), f"malformed {key.replace('_', ' ')}", expected=expected, found=repr(value))
+            continue
+        in_range = range_problem(key, value, parsed)
+        if in_range:
+            c.add((*base, section, key), f"{key} out of range", expected=in_range,
+                  found=repr(value))
     limits = _dict(svc.get("limits"))
     try:
         mx = parse_size(limits.get("memory_max", "infinity"))
         hi = parse_size(limits.get("memory_high", "infinity"))
     except (ValueError, TypeError):
         return
+    if range_problem("memory_max", None, mx) or range_problem("memory_high", None, hi):
+        return  # reported above
     if isinstance(mx, int) and isinstance(hi, int) and hi > mx:
         c.add((*base, "limits", "memory_high"), "memory_high is above memory_max",
               expected=f"at most memory_max ({limits.get('memory_max')})", found=str(limits["memory_high"]),
