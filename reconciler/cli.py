@@ -311,7 +311,17 @@ def history(service: str | None, fmt: str, limit: int, state: str | None) -> Non
     from reconciler.pipeline import state_dir
     from reconciler.state import StateStore
 
-    entries = [e for e in StateStore(state_dir(state)).history() if not service or e.get("service") == service]
+    store = StateStore(state_dir(state))
+    try:
+        everything, skipped = store.read_history()
+    except ReconError as exc:
+        fail(exc)
+        return
+    if skipped:
+        reasons = "; ".join(f"line {n}: {why}" for n, why in skipped[:5]) + ("; …" if len(skipped) > 5 else "")
+        click.echo(f"Warning: skipped {len(skipped)} unreadable line{'s' * (len(skipped) != 1)} of "
+                   f"{store.history_path} ({reasons})", err=True)
+    entries = [e for e in everything if not service or e.get("service") == service]
     entries = entries[-limit:]
     if fmt == "json":
         click.echo(json.dumps(entries, indent=2))

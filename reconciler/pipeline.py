@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredService, desired_state
-from reconciler.errors import ReconError
+from reconciler.errors import ReconError, SpecError
 from reconciler.observe import ObservedHost, Target
 from reconciler.plan import Plan, fingerprint, make_plan
 from reconciler.spec import Spec, load_spec
+from reconciler.spec.checks import ssh_key_problems
 from reconciler.spec.model import Host, Secret
 from reconciler.state import State, StateStore
 
@@ -94,6 +95,10 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     for h in hosts:
         if h not in spec.hosts:
             raise ReconError(f"--host {h}: no such host (hosts: {', '.join(sorted(spec.hosts))})")
+    used = {h for svc in spec.services.values() for h in svc.hosts if not hosts or h in hosts}
+    key_problems = ssh_key_problems(spec.merged, {h: spec.hosts[h] for h in spec.hosts if h in used})
+    if key_problems:
+        raise SpecError(key_problems)
     store = StateStore(state_dir(state_option))
     state = store.load()
     salt = state.lineage or store.lineage()

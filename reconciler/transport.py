@@ -28,6 +28,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
+from reconciler.spec.checks import ssh_key_problem
 from reconciler.spec.model import Host
 
 for _name in ("pyinfra", "paramiko"):
@@ -101,7 +102,13 @@ class Session:
     def open(self) -> None:
         _forget_known_hosts_cache()
         names: list[Any] = []
+        by_key: set[str] = set()
         for h in self.hosts.values():
+            problem = None if h.is_local or not h.ssh_key else ssh_key_problem(h.ssh_key)
+            if problem:  # pyinfra would raise it in a greenlet, which prints a traceback
+                self.errors[h.name] = f"cannot connect to host {h.name!r}: {problem}"
+                by_key.add(h.name)
+                continue
             name, data = _inventory_entry(h)
             names.append((name, data))
         inventory = Inventory((names, {}))
@@ -111,12 +118,17 @@ class Session:
         self.state = state
         ctx_state.set(state)
         state.set_stage(StateStage.Connect)
+        hub = gevent.get_hub()
+        not_error = hub.NOT_ERROR
+        hub.NOT_ERROR = (*not_error, Exception)  # a failed connect is reported per host below, not as a traceback
         try:
             connect_all(state)
         except Exception as exc:
             for host in inventory:
                 if not host.connected:
                     self.errors.setdefault(host.data.get("recon_name"), str(exc))
+        finally:
+            hub.NOT_ERROR = not_error
         for host in inventory:
             name = host.data.get("recon_name")
             if host.connected:
@@ -125,6 +137,8 @@ class Session:
             else:
                 self.errors.setdefault(name, "could not connect")
         for name, msg in list(self.errors.items()):
+            if name in by_key:
+                continue
             self.errors[name] = _explain_connect_error(self.hosts[name], msg)
 
     def close(self) -> None:
