@@ -375,7 +375,7 @@ class Applier:
             'df -Pk -- "$p" | tail -n 1')
         ok, out = self.sh(host, script)
         removed = f"; the partial release {d.release_dir} was removed" if new_release and ok else ""
-        need = len(self._artifact(d)) if c.action in ("create", "replace") else 0
+        need = len(self.artifacts.get(d.service + d.version, b"")) if c.action in ("create", "replace") else 0
         need += len(d.config_text) + len(d.unit_text) + (len(d.secrets_text) if d.secret_names else 0)
         fields = out.split()
         avail = int(fields[3]) * 1024 if ok and len(fields) >= 6 and fields[3].isdigit() else None
