@@ -110,6 +110,7 @@ class Applier:
         self.prepared: set[tuple[str, str]] = set()
         self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to
         self.op_errors = _OpErrors()
+        self.lost: dict[str, str] = {}   # hosts whose connection went away mid-apply, and the error
         logging.getLogger("pyinfra").addHandler(self.op_errors)
 
     # --- pyinfra operations ------------------------------------------------------------------------
@@ -127,7 +128,24 @@ class Applier:
 
     def sh(self, host: str, script: str, timeout: int | None = None, stdin: str | None = None) -> tuple[bool, str]:
         res = self.session.run(host, script, timeout=timeout, stdin=stdin)
+        if res.lost:
+            self.lost.setdefault(host, res.stderr)
         return res.ok, (res.stdout + ("\n" + res.stderr if res.stderr else "")).strip()
+
+    def connection_lost(self, host: str) -> str | None:
+        """Why `host` cannot be reached any more (probed with `true` after a step failed), or None."""
+        if host not in self.lost:
+            self.sh(host, "true", timeout=15)
+        return self.lost.get(host)
+
+    def lost_detail(self, host: str, c: Change, done: str, not_done: str) -> str:
+        """What an operator needs when a host went away mid-apply: what happened, what was and was not
+        done, and what to run next."""
+        back = (f", or `recon rollback {c.service} --host {host} --to {c.from_version}`"
+                if c.from_version and c.from_version != c.to_version else "")
+        return (f"{host} became unreachable ({self.lost.get(host, 'connection lost')}). Done: {done}. Not done: "
+                f"{not_done}. When {host} is reachable again, run `recon plan` to see where it stands, then "
+                f"`recon apply` to finish{back}")
 
     def emit(self, kind: str, host: str = "", service: str = "", message: str = "", wave: int = 0) -> None:
         self.on_event(Event(kind, host, service, message, wave))
@@ -224,9 +242,10 @@ class Applier:
         for wave in sorted(waves):
             batch = waves[wave]
             if not ok:
+                why = f"{host} became unreachable" if host in self.lost else "an earlier wave failed on this host"
                 for c in batch:
-                    self.outcome(c, "skipped", "an earlier wave failed on this host")
-                    self.emit("skip", host, c.service, "not started: an earlier wave failed", wave)
+                    self.outcome(c, "skipped", why)
+                    self.emit("skip", host, c.service, f"not started: {why}", wave)
                 continue
             deletes = [c for c in batch if c.action == "delete"]
             others = [c for c in batch if c.action != "delete"]
@@ -235,6 +254,11 @@ class Applier:
                 self.emit("wave", host, message=f"wave {wave}: {names}", wave=wave)
                 ok = self.apply_wave(host, wave, others, desired) and ok
             for c in deletes:
+                if host in self.lost:
+                    self.outcome(c, "skipped", f"{host} became unreachable")
+                    self.emit("skip", host, c.service, f"not deleted: {host} became unreachable", wave)
+                    ok = False
+                    continue
                 ok = self.delete(host, c) and ok
         return ok
 
@@ -248,21 +272,43 @@ class Applier:
                 self.stage_files(host, c, d)
                 ready.append(c)
             except Exception as exc:
-                self.emit("fail", host, c.service, f"preparing the release failed: {_short(exc)}", wave)
-                self.outcome(c, "failed", f"preparing the release failed: {_short(exc)}")
+                if self.connection_lost(host):
+                    detail = self.lost_detail(host, c, "nothing was switched",
+                                          f"release {d.version} is not complete on the host (it is not used)")
+                else:
+                    detail = self.staging_failed(host, c, d, exc)
+                self.emit("fail", host, c.service, detail, wave)
+                self.outcome(c, "failed", detail)
                 failed.append(c)
         if ready:
             try:
                 self.activate(host, ready, desired)
             except Exception as exc:
+                lost = self.connection_lost(host)
                 for c in ready:
-                    self.emit("fail", host, c.service, f"switching failed: {_short(exc)}", wave)
-                    self.outcome(c, "failed", f"switching failed: {_short(exc)}")
+                    detail = self.lost_detail(
+                        host, c, f"release {desired[c.service].version} uploaded; switching to it began (recorded "
+                        "as in-progress)", "the switch may be incomplete; no restart, no health check"
+                    ) if lost else f"switching failed: {_short(exc)}"
+                    self.emit("fail", host, c.service, detail, wave)
+                    self.outcome(c, "failed", detail)
                 return False
             results = self.bounce_and_check(host, ready, desired)
+            lost = None if all(c.service in results for c in ready) else self.connection_lost(host)
             for c in ready:
                 d = desired[c.service]
                 good, detail = results.get(c.service, (False, "no result"))
+                if lost and c.service not in results:
+                    prev = c.from_version if c.from_version and c.from_version != d.version else None
+                    detail = self.lost_detail(
+                        host, c, f"release {d.version} installed and switched to, {d.unit_name} "
+                        f"{'reloaded' if c.effect == 'reload' else 'restarted'} (recorded as in-progress)",
+                        "the health check has no result" + (f", and no rollback to {prev} was tried" if prev and
+                                                            self.auto_rollback else ""))
+                    failed.append(c)
+                    self.emit("fail", host, c.service, detail, wave)
+                    self.outcome(c, "failed", detail)
+                    continue
                 if good:
                     self.record(d, "applied", self._previous(host, c))
                     self.prune(host, d)
@@ -341,6 +387,34 @@ class Applier:
         ok, out = self.sh(host, script, stdin=base64.encodebytes(d.secrets_text.encode()).decode())
         if not ok:
             raise ReconError(f"writing {d.env_path} failed: {out or 'no output'}")
+
+    def staging_failed(self, host: str, c: Change, d: DesiredService, exc: BaseException) -> str:
+        """After a failed upload: remove a release this apply created (never leave a partial one), and
+        say why it failed when the host has no space left for it. Nothing was switched yet."""
+        obs = self.run.observed.get(host)
+        o = obs.services.get(d.service) if obs else None
+        # a release this apply started: not on the host before, or there without the right binary (a
+        # partial upload of an earlier run); never the live one
+        new_release = c.action in ("create", "replace") and (o is None or (
+            d.version != o.current and (d.version not in o.releases or o.want_binary_sha != d.sha256)))
+        q = shlex.quote
+        script = (f"rm -rf -- {q(d.release_dir)}\n" if new_release else "") + (
+            f"p={q(d.release_dir)}; while [ ! -d \"$p\" ] && [ \"$p\" != / ]; do p=$(dirname \"$p\"); done\n"
+            'df -Pk -- "$p" | tail -n 1')
+        ok, out = self.sh(host, script)
+        removed = f"; the partial release {d.release_dir} was removed" if new_release and ok else ""
+        need = len(self.artifacts.get(d.service + d.version, b"")) if c.action in ("create", "replace") else 0
+        need += len(d.config_text) + len(d.unit_text) + (len(d.secrets_text) if d.secret_names else 0)
+        fields = out.split()
+        avail = int(fields[3]) * 1024 if ok and len(fields) >= 6 and fields[3].isdigit() else None
+        if avail is not None and avail < need + 4096:  # a little for the directory entries
+            mount = " ".join(fields[5:])
+            before = (f"{d.service} was not installed" if c.action == "create" else
+                      f"{d.service} still runs {o.current}" if o and o.current else f"{d.service} is as it was")
+            return (f"no space left on {host} at {d.release_dir}: {avail // 1024} KiB free on {mount}, release "
+                    f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
+                    f"space on {mount} on {host}, then run `recon apply` again")
+        return f"preparing the release failed: {_short(exc)}{removed}; nothing was switched"
 
     def _host_prepared(self, host: str, d: DesiredService) -> bool:
         obs = self.run.observed.get(host)
@@ -456,6 +530,13 @@ class Applier:
                                 previous_version=None if prev != d.version else rec.previous_version)
             self.emit("rollback", host, c.service, f"back on {prev}, healthy ({detail2})", wave)
             self.outcome(c, "rolled-back", f"{detail}; rolled back to {prev}")
+        elif self.connection_lost(host):
+            self.set_status(host, c.service, "failed")
+            text = self.lost_detail(host, c, f"release {d.version} failed its health check ({detail}); the rollback "
+                                    f"to {prev} began", f"the rollback to {prev} may be incomplete, its health is "
+                                    "unknown")
+            self.emit("fail", host, c.service, text, wave)
+            self.outcome(c, "failed", text)
         else:
             self.set_status(host, c.service, "failed")
             self.emit("fail", host, c.service, f"rollback to {prev} failed: {detail2}", wave)

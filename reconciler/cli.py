@@ -396,10 +396,12 @@ def history(service: str | None, fmt: str, limit: int, state: str | None) -> int
     """
     import json
 
-    from reconciler.render.history import render_history_text
+    from reconciler.render.history import render_history_text, render_skipped_lines
     from reconciler.runner import HistoryRequest, run_history
 
     result = run_history(HistoryRequest(service, limit, state))
+    if result.skipped:
+        click.echo(render_skipped_lines(result.skipped, result.path), err=True, nl=False)
     if fmt == "json":
         click.echo(json.dumps(result.entries, indent=2))
     elif not result.entries:

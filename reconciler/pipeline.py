@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredService, desired_state, sha256_text
-from reconciler.errors import ReconError, unknown_name
+from reconciler.errors import ReconError, SpecError, unknown_name
 from reconciler.observe import ObservedHost, Target
 from reconciler.plan import Plan, make_plan
 from reconciler.spec import Spec, load_spec
+from reconciler.spec.checks import ssh_key_problems
 from reconciler.spec.model import Host, Secret
 from reconciler.state import State, StateStore
 
@@ -110,6 +111,10 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
         if h not in spec.hosts:
             raise unknown_name("host", h, spec.hosts, where=f"the spec (--host {h})")
     wanted = with_dependencies(spec, targets) if targets else None
+    used = {h for svc in spec.services.values() for h in svc.hosts if not hosts or h in hosts}
+    key_problems = ssh_key_problems(spec.merged, {h: spec.hosts[h] for h in spec.hosts if h in used})
+    if key_problems:
+        raise SpecError(key_problems)
     store = StateStore(state_dir(state_option))
     state = store.load()
     salt = state.lineage or lineage or str(uuid.uuid4())

@@ -148,6 +148,8 @@ class StatusResult:
 class HistoryResult:
     entries: list[dict[str, Any]]
     service: str | None = None
+    skipped: list[tuple[int, str]] = field(default_factory=list)   # unreadable lines: (line number, why)
+    path: str = ""
 
 
 class ApplyUI(Protocol):
@@ -350,13 +352,14 @@ def run_history(req: HistoryRequest) -> HistoryResult:
     from reconciler.state import StateStore
 
     store = StateStore(pipeline.state_dir(req.state))
-    every = store.history()
+    every, skipped = store.read_history()
     if req.service and not any(e.get("service") == req.service for e in every):
         known = {str(e.get("service")) for e in every} | {s for svcs in store.load().hosts.values() for s in svcs}
         if req.service not in known:
             raise unknown_name("service", req.service, known, where="recon's state or history")
     entries = [e for e in every if not req.service or e.get("service") == req.service]
-    return HistoryResult(entries[-req.limit:] if req.limit > 0 else entries, req.service)
+    return HistoryResult(entries[-req.limit:] if req.limit > 0 else entries, req.service, skipped,
+                         str(store.history_path))
 
 
 def run_diff(req: DiffRequest) -> SpecDiff:

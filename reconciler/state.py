@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,54 @@ class StateError(ReconError):
     pass
 
 
+def _kind(value: Any) -> str:
+    """`a list`, `a string "x"`, `null`: what was found, for a message (never a long value)."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    text = json.dumps(value)
+    return names.get(type(value), type(value).__name__) + (f" {text}" if len(text) <= 40 and
+                                                           not isinstance(value, dict | list) else "")
+
+
+_TYPE_CHECKS: dict[str, tuple[str, Any]] = {  # ServiceRecord's annotations (strings under __future__ annotations)
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
+def shape_problems(doc: Any) -> list[str]:
+    """What is wrong with the shape of a parsed state file, each with where (`hosts.node1.api.version`)."""
+    if not isinstance(doc, dict):
+        return [f"the top level must be an object, found {_kind(doc)}"]
+    out = [] if "format_version" in doc else [f"format_version: missing (expected {FORMAT_VERSION})"]
+    for key, kind in (("serial", "int"), ("lineage", "str"), ("updated_at", "str")):
+        what, ok = _TYPE_CHECKS[kind]
+        if key in doc and not ok(doc[key]):
+            out.append(f"{key}: expected {what}, found {_kind(doc[key])}")
+    hosts = doc.get("hosts", {})
+    if not isinstance(hosts, dict):
+        return [*out, f"hosts: expected an object of hosts, found {_kind(hosts)}"]
+    for host, svcs in hosts.items():
+        if not isinstance(svcs, dict):
+            out.append(f"hosts.{host}: expected an object of services, found {_kind(svcs)}")
+            continue
+        for svc, rec in svcs.items():
+            where = f"hosts.{host}.{svc}"
+            if not isinstance(rec, dict):
+                out.append(f"{where}: expected a service record (an object), found {_kind(rec)}")
+                continue
+            for name, f in ServiceRecord.__dataclass_fields__.items():
+                what, ok = _TYPE_CHECKS[str(f.type)]
+                if name not in rec:
+                    if f.default is MISSING and f.default_factory is MISSING:
+                        out.append(f"{where}.{name}: missing (expected {what})")
+                elif not ok(rec[name]):
+                    out.append(f"{where}.{name}: expected {what}, found {_kind(rec[name])}")
+    return out
+
+
 class StateStore:
     """The state directory: `recon.state.json`, `history.jsonl`, `recon.lock`."""
 
@@ -116,17 +164,24 @@ class StateStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return State(lineage="")
+        except (OSError, ValueError) as exc:  # a directory, no permission…
+            raise StateError(f"cannot read state file {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
         try:
             doc = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
             raise StateError(f"state file {self.path} is not valid JSON ({exc}); restore it from a backup") from None
-        if doc.get("format_version") != FORMAT_VERSION:
+        if isinstance(doc, dict) and "format_version" in doc and doc["format_version"] != FORMAT_VERSION:
             raise StateError(f"state file {self.path} has format_version {doc.get('format_version')!r}; "
                              f"this recon reads {FORMAT_VERSION}")
+        problems = shape_problems(doc)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise StateError(f"state file {self.path} is not a recon state: " + "; ".join(problems[:3]) + more
+                             + ". recon writes it atomically, so something else changed it: restore it from a backup")
         hosts = {h: {s: ServiceRecord.from_dict(r) for s, r in svcs.items()}
                  for h, svcs in doc.get("hosts", {}).items()}
-        return State(serial=int(doc.get("serial", 0)), lineage=str(doc.get("lineage", "")),
-                     updated_at=str(doc.get("updated_at", "")), hosts=hosts)
+        return State(serial=doc.get("serial", 0), lineage=doc.get("lineage", ""),
+                     updated_at=doc.get("updated_at", ""), hosts=hosts)
 
     def save(self, state: State, bump: bool = True) -> None:
         if not state.lineage:
@@ -148,15 +203,40 @@ class StateStore:
             os.close(fd)
 
     def history(self) -> list[dict[str, Any]]:
+        return self.read_history()[0]
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / HISTORY_FILE
+
+    def read_history(self) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+        """The history entries, and the lines skipped as (line number, why): a line cut by a crash,
+        bytes that are not UTF-8, JSON that is not an entry (a list, a field of the wrong type)."""
         try:
-            text = (self.dir / HISTORY_FILE).read_text(encoding="utf-8")
+            raw = self.history_path.read_bytes()
         except FileNotFoundError:
-            return []
-        out = []
-        for line in text.splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash is skipped
-                out.append(json.loads(line))
-        return out
+            return [], []
+        except OSError as exc:
+            raise StateError(f"cannot read history file {self.history_path}: {exc.strerror}") from None
+        out: list[dict[str, Any]] = []
+        skipped: list[tuple[int, str]] = []
+        for n, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                skipped.append((n, "not UTF-8 text"))
+                continue
+            except ValueError:
+                skipped.append((n, "not JSON (cut by a crash?)"))
+                continue
+            why = _entry_problem(entry)
+            if why:
+                skipped.append((n, why))
+            else:
+                out.append(entry)
+        return out, skipped
 
     # --- lock ----------------------------------------------------------------------------------
     @property
@@ -165,11 +245,12 @@ class StateStore:
 
     def lock_holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.lock_path.read_text(encoding="utf-8") or "{}")
+            holder = json.loads(self.lock_path.read_text(encoding="utf-8") or "{}")
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, OSError):
+        except (ValueError, OSError):  # not JSON, not UTF-8, unreadable
             return {"id": "?", "note": "unreadable lock file"}
+        return holder if isinstance(holder, dict) else {"id": "?", "note": "unreadable lock file"}
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[dict[str, Any]]:
@@ -216,6 +297,21 @@ class StateStore:
             raise StateError(f"the lock is held by {describe_holder(holder)}, not by lock id {lock_id}")
         self.lock_path.unlink()
         return holder
+
+
+_HISTORY_TEXT = ("time", "user", "machine", "command", "host", "service", "action", "from", "to", "result", "detail")
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why a parsed history line is not an entry recon can show, or None."""
+    if not isinstance(entry, dict):
+        return f"not a history entry (found {_kind(entry)})"
+    for key in _HISTORY_TEXT:
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            return f"{key} is {_kind(entry[key])}, not text"
+    if entry.get("serial") is not None and not _TYPE_CHECKS["int"][1](entry["serial"]):
+        return f"serial is {_kind(entry['serial'])}, not a whole number"
+    return None
 
 
 def describe_holder(h: dict[str, Any]) -> str:

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+from paramiko import BadHostKeyException
 from pyinfra.api import BaseStateCallback, Config, Inventory, State
 from pyinfra.api.command import StringCommand
 from pyinfra.api.connect import connect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
+from reconciler.spec.checks import ssh_key_problem
 from reconciler.spec.model import Host
 
 for _name in ("pyinfra", "paramiko"):
@@ -43,13 +45,15 @@ class CommandResult:
     ok: bool
     stdout: str
     stderr: str
+    lost: bool = False   # the command could not run or finish: the connection is gone (stderr says why)
 
 
 class _Callbacks(BaseStateCallback):
     """Sets TCP_NODELAY on each new SSH transport and records connection errors."""
 
-    def __init__(self, errors: dict[str, str]) -> None:
+    def __init__(self, errors: dict[str, str], mismatched: set[str]) -> None:
         self.errors = errors
+        self.mismatched = mismatched
 
     def host_connect(self, state: State, host: Any) -> None:  # type: ignore[override]
         client = getattr(host.connector, "client", None)
@@ -59,7 +63,19 @@ class _Callbacks(BaseStateCallback):
                 transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def host_connect_error(self, state: State, host: Any, error: Exception) -> None:  # type: ignore[override]
-        self.errors[host.data.get("recon_name") or host.name] = str(error.args[0] if error.args else error)
+        name = host.data.get("recon_name") or host.name
+        self.errors[name] = str(error.args[0] if error.args else error)
+        if _caused_by(error, BadHostKeyException):  # pyinfra raises its ConnectError while handling it
+            self.mismatched.add(name)
+
+
+def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, kind):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _inventory_entry(h: Host) -> tuple[str, dict[str, Any]]:
@@ -91,6 +107,7 @@ class Session:
     by_name: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     commands: dict[str, int] = field(default_factory=dict)
+    mismatched: set[str] = field(default_factory=set)   # hosts whose key differs from known_hosts
 
     def __enter__(self) -> Session:
         self.open()
@@ -102,22 +119,33 @@ class Session:
     def open(self) -> None:
         forget_known_hosts_cache()
         names: list[Any] = []
+        by_key: set[str] = set()
         for h in self.hosts.values():
+            problem = None if h.is_local or not h.ssh_key else ssh_key_problem(h.ssh_key)
+            if problem:  # pyinfra would raise it in a greenlet, which prints a traceback
+                self.errors[h.name] = f"cannot connect to host {h.name!r}: {problem}"
+                by_key.add(h.name)
+                continue
             name, data = _inventory_entry(h)
             names.append((name, data))
         inventory = Inventory((names, {}))
         config = Config(CONNECT_TIMEOUT=self.connect_timeout, FAIL_PERCENT=100)
         state = State(inventory=inventory, config=config, check_for_changes=False)
-        state.add_callback_handler(_Callbacks(self.errors))
+        state.add_callback_handler(_Callbacks(self.errors, self.mismatched))
         self.state = state
         ctx_state.set(state)
         state.set_stage(StateStage.Connect)
+        hub = gevent.get_hub()
+        not_error = hub.NOT_ERROR
+        hub.NOT_ERROR = (*not_error, Exception)  # a failed connect is reported per host below, not as a traceback
         try:
             connect_all(state)
         except Exception as exc:
             for host in inventory:
                 if not host.connected:
                     self.errors.setdefault(host.data.get("recon_name"), str(exc))
+        finally:
+            hub.NOT_ERROR = not_error
         for host in inventory:
             name = host.data.get("recon_name")
             if host.connected:
@@ -126,7 +154,9 @@ class Session:
             else:
                 self.errors.setdefault(name, "could not connect")
         for name, msg in list(self.errors.items()):
-            self.errors[name] = _explain_connect_error(self.hosts[name], msg)
+            if name in by_key:
+                continue
+            self.errors[name] = _explain_connect_error(self.hosts[name], msg, name in self.mismatched)
 
     def close(self) -> None:
         for host in self.by_name.values():
@@ -155,7 +185,7 @@ class Session:
         try:
             ok, out = host.run_shell_command(StringCommand(command), **kwargs)
         except Exception as exc:
-            return CommandResult(False, "", f"{type(exc).__name__}: {exc}")
+            return CommandResult(False, "", f"{type(exc).__name__}: {exc}", lost=True)
         return CommandResult(ok, out.stdout, out.stderr)
 
     def stream(self, name: str, command: str, on_line: Callable[[str], None], timeout: int | None = None
@@ -205,12 +235,19 @@ def forget_known_hosts_cache() -> None:
         cache.clear()
 
 
-def _explain_connect_error(h: Host, msg: str) -> str:
+def _explain_connect_error(h: Host, msg: str, key_mismatch: bool = False) -> str:
     where = "locally" if h.is_local else f"{h.user + '@' if h.user else ''}{h.address}:{h.port}"
     hint = ""
     low = msg.lower()
+    known = h.known_hosts or "~/.ssh/known_hosts"
+    if key_mismatch:  # never suggest accepting the new key: that is what an attacker would want
+        return (f"cannot connect to host {h.name!r} ({where}): HOST KEY MISMATCH: the key {h.address} presented "
+                f"differs from the one recorded for it in {known}. The host's identity changed: it was "
+                "reinstalled or re-keyed, or someone is intercepting the connection (possibly an attack). "
+                "recon did not log in and changed nothing. Find out why before you connect; compare the "
+                "fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)")
     if "host key" in low or "not found in known_hosts" in low or "unknown host" in low:
-        hint = f" (host key not in {h.known_hosts or '~/.ssh/known_hosts'}; add it with ssh-keyscan after checking it)"
+        hint = f" (host key not in {known}; add it with ssh-keyscan after checking it)"
     elif "auth" in low:
         hint = " (authentication failed: check `user` and `ssh_key`)"
     return f"cannot connect to host {h.name!r} ({where}): {msg}{hint}"

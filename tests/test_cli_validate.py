@@ -149,7 +149,7 @@ def test_validate_layering_error_names_the_override_file(tmp_path):
 
 
 @pytest.mark.parametrize(("content", "expect"), [
-    ("version: 1\nservices: [a,\n", ":3:1: malformed YAML"),
+    ("version: 1\nservices: [a,\n", ":2:14: malformed YAML"),
     ("- just\n- a list\n", ":1: a spec file must be a mapping at the top"),
     ("", ":1: `version` is required"),
 ])

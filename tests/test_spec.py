@@ -209,10 +209,10 @@ def test_yaml_merge_keys_override_without_duplicate_complaints(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "line", "col", "words"), [
-    ("version: 1\nservices: [a, b\n", 3, 1, "flow sequence"),
+    ("version: 1\nservices: [a, b\n", 2, 16, "flow sequence"),  # the end of the file: after `b`
     ("version: 1\nservices:\n  a: 1\n b: 2\n", 4, 2, "did not find expected key"),
     ("version: 1\nservices:\n\ta: 1\n", 3, 1, "cannot start any token"),
-    ("a: 'unterminated\n", 2, 1, "quoted scalar"),
+    ("a: 'unterminated\n", 1, 17, "quoted scalar"),
     ("a: *nowhere\n", 1, 4, "undefined alias"),
     ("a: b: c\n", 1, 5, "mapping values are not allowed"),
 ])
@@ -267,7 +267,7 @@ def test_missing_file_and_every_file_problem_in_one_run(write, tmp_path):
     found = problems(good, missing, bad, str(tmp_path))
     assert [p.origin.file for p in found] == [missing, bad, str(tmp_path)]
     assert found[0].message == "spec file not found" and found[0].origin.line == 0
-    assert found[1].message.startswith("malformed YAML") and found[1].origin.line == 2
+    assert found[1].message.startswith("malformed YAML") and found[1].origin.line == 1
     assert found[2].message.startswith("cannot read spec file")
 
 

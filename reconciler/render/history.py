@@ -24,3 +24,9 @@ def render_history_text(entries: Sequence[dict[str, Any]]) -> str:
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
              for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def render_skipped_lines(skipped: Sequence[tuple[int, str]], path: str) -> str:
+    """The warning for history lines that could not be read (they are skipped, never a crash)."""
+    reasons = "; ".join(f"line {n}: {why}" for n, why in skipped[:5]) + ("; …" if len(skipped) > 5 else "")
+    return f"Warning: skipped {len(skipped)} unreadable line{'s' * (len(skipped) != 1)} of {path} ({reasons})\n"

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Problem
 from reconciler.spec.loader import SpecPath, format_path
 from reconciler.spec.merge import Merged
 from reconciler.spec.template import PLACEHOLDERS, unknown_placeholders
-from reconciler.spec.units import parse_count, parse_duration, parse_percent, parse_size
+from reconciler.spec.units import parse_count, parse_duration, parse_percent, parse_size, range_problem
+
+if TYPE_CHECKING:
+    from reconciler.spec.model import Host
 
 _UNIT_FIELDS: dict[tuple[str, str], tuple[Any, str]] = {
     ("limits", "memory_max"): (parse_size, "a size like 512M, 4G or infinity"),
@@ -158,15 +163,22 @@ def _check_units(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
         if value is None:
             continue
         try:
-            parse(value)
+            parsed = parse(value)
         except (ValueError, TypeError):
             c.add((*base, section, key), f"malformed {key.replace('_', ' ')}", expected=expected, found=repr(value))
+            continue
+        in_range = range_problem(key, value, parsed)
+        if in_range:
+            c.add((*base, section, key), f"{key} out of range", expected=in_range,
+                  found=repr(value))
     limits = _dict(svc.get("limits"))
     try:
         mx = parse_size(limits.get("memory_max", "infinity"))
         hi = parse_size(limits.get("memory_high", "infinity"))
     except (ValueError, TypeError):
         return
+    if range_problem("memory_max", None, mx) or range_problem("memory_high", None, hi):
+        return  # reported above
     if isinstance(mx, int) and isinstance(hi, int) and hi > mx:
         c.add((*base, "limits", "memory_high"), "memory_high is above memory_max",
               expected=f"at most memory_max ({limits.get('memory_max')})", found=str(limits["memory_high"]),
@@ -253,3 +265,34 @@ def _check_artifact(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
         return
     if got != want:
         c.add((*base, "artifact", "sha256"), f"checksum mismatch for {p}", expected=want, found=got)
+
+
+def ssh_key_problem(ssh_key: str) -> str | None:
+    """Why an `ssh_key` file cannot be used (missing, a directory, unreadable), or None. `~` expands;
+    a relative path is relative to the working directory, as for ssh -i."""
+    path = os.path.expanduser(ssh_key)
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return f"ssh_key file {path} does not exist"
+    except IsADirectoryError:
+        return f"ssh_key {path} is a directory, not a private key file"
+    except (OSError, ValueError) as exc:
+        return f"ssh_key file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
+def ssh_key_problems(merged: Merged, hosts: Mapping[str, Host]) -> list[Problem]:
+    """A problem, at the `ssh_key:` line, for each host whose key file cannot be used. Checked when a
+    command is about to connect (not by `recon validate`, which also runs where the keys are not)."""
+    out = []
+    for name, h in hosts.items():
+        if h.is_local or not h.ssh_key:
+            continue
+        problem = ssh_key_problem(h.ssh_key)
+        if problem:
+            path: SpecPath = ("hosts", name, "ssh_key")
+            out.append(Problem(problem, format_path(path), merged.origin_of(path),
+                               expected="a readable private key file"))
+    return out

@@ -97,7 +97,7 @@ class _Builder:
     def build(self, node: yaml.Node, path: SpecPath, origin: Origin) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise _TooLarge
+            raise _TooLarge(node)
         self.origins[path] = origin
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
@@ -229,16 +229,66 @@ def _offset_origin(file: str, text: str, position: int, in_bytes: bool) -> Origi
     return Origin(file, prefix.count("\n") + 1, len(prefix) - (prefix.rfind("\n") + 1) + 1)
 
 
+def _count_nodes(root: yaml.Node, stop: int) -> int:
+    """The values written in the document, each node once (aliases not expanded); stops at `stop`."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo and len(seen) < stop:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                todo += (k, v)
+    return len(seen)
+
+
+def _mark_origin(file: str, text: str, mark: Any) -> tuple[Origin, bool]:
+    """(where a YAML mark points, whether that is the end of the file). A mark at the end of the input
+    (PyYAML's `<stream end>`, one line past a file ending in a newline) is moved back to just after
+    the last character written, so the line exists in the file."""
+    lines = text.splitlines()
+    if mark.line < len(lines) and (mark.line < len(lines) - 1 or lines[mark.line][mark.column:].strip()):
+        return Origin(file, mark.line + 1, mark.column + 1), False
+    last = next((i for i in range(min(mark.line, len(lines) - 1), -1, -1) if lines[i].strip()), None)
+    if last is None:
+        return Origin(file, 1, 1), True
+    return Origin(file, last + 1, len(lines[last].rstrip()) + 1), True
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
+    """The problem and where it is (PyYAML's problem mark); the context and where it started (the
+    context mark), when that is elsewhere: `29:24: … did not find expected ',' or '}' (at the end
+    of the file); while parsing a flow mapping that starts at 29:11`."""
+    problem, context = exc.problem, exc.context
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        what = "; ".join(str(x) for x in (problem, context) if x)
+        return Problem(f"malformed YAML: {what}", "", Origin(file, 1))
+    origin, at_end = _mark_origin(file, text, mark)
+    what = str(problem or context or "unreadable YAML")
+    if at_end and "end of stream" not in what:
+        what += " (at the end of the file)"
+    if problem and context:
+        where = ""
+        if exc.context_mark is not None:
+            ctx, _ = _mark_origin(file, text, exc.context_mark)
+            if (ctx.line, ctx.col) != (origin.line, origin.col):
+                where = f" that starts at {ctx.line}:{ctx.col}"
+        what += f"; {context}{where}"
+    return Problem(f"malformed YAML: {what}", "", origin)
+
+
 def parse_text(text: str, file: str) -> Layer:
     """Parse YAML/JSON text; raise SpecError with line and column on malformed input."""
     loader = _JsonLoader if file.lower().endswith(".json") else _Loader
     try:
         nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        origin = Origin(file, mark.line + 1, mark.column + 1) if mark else Origin(file, 1)
-        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        raise SpecError([Problem(f"malformed YAML: {what}", "", origin)]) from None
+        raise SpecError([_yaml_problem(exc, text, file)]) from None
     except yaml.reader.ReaderError as exc:  # e.g. a NUL or another control character
         position = exc.position if isinstance(exc.position, int) else 0
         origin = _offset_origin(file, text, position, _C_LOADER)
@@ -263,9 +313,14 @@ def parse_text(text: str, file: str) -> Layer:
     builder = _Builder(file)
     try:
         data = builder.build(nodes[0], (), Origin(file, 1))
-    except _TooLarge:
-        raise SpecError([Problem("the document is too large once aliases are expanded", "", Origin(file, 1),
-                                 expected=f"at most {MAX_NODES} values")]) from None
+    except _TooLarge as exc:
+        if _count_nodes(nodes[0], MAX_NODES + 1) > MAX_NODES:  # as written, not through aliases
+            message = f"the document is too large: more than {MAX_NODES} values (the {MAX_NODES + 1}st is here)"
+            origin = builder.origin(exc.args[0])
+        else:
+            message, origin = "the document is too large once aliases are expanded", Origin(file, 1)
+        raise SpecError([Problem(message, "", origin, expected=f"at most {MAX_NODES} values; a spec needs a few "
+                                 "hundred")]) from None
     if builder.problems:
         raise SpecError(builder.problems)
     if not isinstance(data, dict):
