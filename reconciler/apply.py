@@ -472,8 +472,19 @@ class Applier:
             lines.append(_check_line(d) + " &")
         lines.append("wait")
         timeout = int(max(desired[c.service].health_timeout_s for c in changes)) + 60
-        _, out = self.sh(host, "\n".join(lines), timeout=timeout)
-        return _parse_results(out)
+        waves = {c.service: c.wave for c in changes}
+
+        def progress(line: str) -> None:   # a failed probe while the gate waits: PROBE name code elapsed timeout
+            parts = line.split("\t")
+            if len(parts) == 5 and parts[0] == "PROBE" and parts[1] in waves:
+                answer = "no answer" if parts[2] in ("", "000") else f"HTTP {parts[2]}"
+                self.emit("wait", host, parts[1], f"waiting for health: {answer} ({parts[3]}s of {parts[4]}s)",
+                          waves[parts[1]])
+
+        res = self.session.stream(host, "\n".join(lines), progress, timeout=timeout)
+        if res.lost:
+            self.lost.setdefault(host, res.stderr)
+        return _parse_results(res.stdout)
 
     # --- failure handling ------------------------------------------------------------------------
     def handle_failure(self, host: str, c: Change, d: DesiredService, detail: str, wave: int) -> None:
@@ -658,8 +669,10 @@ _HEALTH_FN = r"""check() {
     fi
     if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
     code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
-    if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $(( $(date +%s) - start ))s"; return; fi
-    if [ "$(date +%s)" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
+    now=$(date +%s)
+    if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; return; fi
+    if [ "$now" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
+    [ "$now" != "${said:-}" ] && said=$now && echo "PROBE	$n	${code:-000}	$((now - start))	$t"
     sleep "$iv"
   done
 }"""

@@ -213,7 +213,10 @@ class Session:
                 on_line(line)
             code = chan.recv_exit_status()
         except Exception as exc:
-            return CommandResult(False, "\n".join(lines), f"{type(exc).__name__}: {exc}")
+            return CommandResult(False, "\n".join(lines), f"{type(exc).__name__}: {exc}", lost=True)
+        if code == -1:   # no exit status: the connection went away before the command finished
+            return CommandResult(False, "\n".join(lines), "SSHException: the connection closed before the command "
+                                 "finished", lost=True)
         return CommandResult(code == 0, "\n".join(lines), "")
 
     def run_many(self, commands: Mapping[str, str], timeout: int | None = None) -> dict[str, CommandResult]:

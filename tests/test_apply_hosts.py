@@ -112,6 +112,9 @@ def test_unhealthy_release_is_rolled_back_and_dependents_are_untouched(testhost:
     m.config_extra["mcp-server"] = {"feature": {"x": 1}}     # a dependent's change that must not run
     res = m.apply(check=1)
     assert "rolled back" in res.stdout
+    # the gate's wait is never silent: the waiting service, its elapsed time and the last answer
+    waits = [ln for ln in res.stdout.splitlines() if "◷ node1/control-center: waiting for health: HTTP 503" in ln]
+    assert waits and "s of 4s)" in waits[0], res.stdout
     assert health(testhost, 8081)["version"] == "5.0.0"
     assert _exec(testhost, "readlink /opt/provisioning/control-center/current").strip() == "releases/5.0.0"
     after = pids(testhost, NAMES)
