@@ -194,7 +194,7 @@ def plan(files: Sequence[str], fmt: str, as_json: bool, out: str | None, detaile
     emit_plan(result, fmt, use_color(no_color))
     if out and fmt == "text":
         click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: recon apply {out}")
-    if result.errors:
+    if result.errors or result.refused:
         sys.exit(1)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)

@@ -15,6 +15,7 @@ from typing import Any
 from reconciler.desired import DesiredService, desired_state
 from reconciler.errors import ReconError
 from reconciler.observe import ObservedHost, Target
+from reconciler.ownership import dirs_of
 from reconciler.plan import Plan, fingerprint, make_plan
 from reconciler.spec import Spec, load_spec
 from reconciler.spec.model import Host, Secret
@@ -63,7 +64,7 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
-                     d.user)
+                     d.user, d.group, tuple(s.path for s in dirs_of(d)))
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:

@@ -51,6 +51,9 @@ def apply_command(*, files: Sequence[str], planfile: str | None, auto_approve: b
             if plan.errors:
                 click.echo(render_text(plan, color=color), nl=False)
                 raise ReconError("not applying: some hosts could not be observed (see above)")
+            if plan.refused:
+                click.echo(render_text(plan, color=color), nl=False)
+                raise ReconError("not applying: recon refuses part of this plan (see above)")
             if saved is not None:
                 reasons = stale_reasons(saved.fingerprints, plan.fingerprints)
                 if not reasons and [(c.address, c.action) for c in saved.changes] != [

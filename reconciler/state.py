@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconError
+from reconciler.ownership import Owned
 
 STATE_FILE = "recon.state.json"
 HISTORY_FILE = "history.jsonl"
@@ -66,6 +67,9 @@ class ServiceRecord:
     status: str = "applied"         # applied | in-progress | failed | rolled-back
     applied_at: str = ""
     serial: int = 0
+    # directories recon created for this service alone (its service dir, `releases`); None: recorded
+    # before recon tracked what it created (see docs/design.md, "Ownership")
+    created_dirs: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,6 +86,8 @@ class State:
     lineage: str = ""
     updated_at: str = ""
     hosts: dict[str, dict[str, ServiceRecord]] = field(default_factory=dict)
+    # per host: shared and data directories, accounts and groups recon created (reconciler.ownership)
+    owned: dict[str, list[Owned]] = field(default_factory=dict)
 
     def record(self, host: str, service: str) -> ServiceRecord | None:
         return self.hosts.get(host, {}).get(service)
@@ -93,6 +99,7 @@ class State:
             "lineage": self.lineage,
             "updated_at": self.updated_at,
             "hosts": {h: {s: r.to_dict() for s, r in sorted(svcs.items())} for h, svcs in sorted(self.hosts.items())},
+            "owned": {h: [o.to_dict() for o in items] for h, items in sorted(self.owned.items()) if items},
         }
         return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode()
 
@@ -125,8 +132,10 @@ class StateStore:
                              f"this recon reads {FORMAT_VERSION}")
         hosts = {h: {s: ServiceRecord.from_dict(r) for s, r in svcs.items()}
                  for h, svcs in doc.get("hosts", {}).items()}
+        owned = {h: [Owned.from_dict(o) for o in items if isinstance(o, dict)]
+                 for h, items in (doc.get("owned") or {}).items() if isinstance(items, list)}
         return State(serial=int(doc.get("serial", 0)), lineage=str(doc.get("lineage", "")),
-                     updated_at=str(doc.get("updated_at", "")), hosts=hosts)
+                     updated_at=str(doc.get("updated_at", "")), hosts=hosts, owned=owned)
 
     def lineage(self) -> str:
         """The lineage, created on first use (also the salt of secret fingerprints)."""
