@@ -98,8 +98,9 @@ def settle_records(run: Any, plan: Plan) -> None:
                                               and rec.version == d.version and rec.unit_sha == d.unit_sha
                                               and rec.config_sha == d.config_sha):
                 continue
-            run.state.hosts.setdefault(host, {})[name] = record_of(
-                d, run.salt, "applied", rec.previous_version if rec else None, run.state.serial + 1)
+            new = record_of(d, run.salt, "applied", rec.previous_version if rec else None, run.state.serial + 1)
+            new.created_dirs = rec.created_dirs if rec else []    # adopted as found: recon created nothing
+            run.state.hosts.setdefault(host, {})[name] = new
             dirty = True
     if dirty:
         run.store.save(run.state)
