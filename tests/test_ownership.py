@@ -202,8 +202,14 @@ def test_plan_refuses_login_and_uid_0_accounts_and_names_them(tmp_path: Path) ->
         assert len(plan.refused) == 1 and plan.refused[0].startswith("node1/web: account " + why.split(" ")[0])
         assert why in plan.refused[0] and "never modifies an existing one" in plan.refused[0]
     from reconciler.render.jsonout import plan_document
+    from reconciler.render.markdown import render_markdown
+    from reconciler.render.text import render_text
 
     assert plan_document(plan)["refused"] == plan.refused
+    assert "**Refused**" in render_markdown(plan) and "alice has uid 0" in render_markdown(plan)
+    assert "Refused: 1 thing recon does not own or will not use" in render_text(plan, color=False)
+    assert "- create: node1: account alice" not in render_markdown(plan)
+    assert "- create: node1: directory /opt/provisioning " in render_markdown(plan)
 
 
 def test_plan_refuses_a_hand_edited_record_for_a_delete() -> None:
