@@ -19,8 +19,9 @@ import gevent
 from gevent.lock import RLock
 from pyinfra.api.operation import add_op
 from pyinfra.api.state import StateStage
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, systemd
 
+from reconciler import ownership
 from reconciler.desired import DesiredService, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, Outcome
@@ -107,8 +108,8 @@ class Applier:
         st.set_stage(StateStage.Execute)
         st.is_executing = True
         self._op_seq = 0
-        self.prepared: set[tuple[str, str]] = set()
         self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to
+        self.created: dict[tuple[str, str], set[str]] = {}   # (host, service) → its own dirs created, unrecorded
         self.op_errors = _OpErrors()
         self.lost: dict[str, str] = {}   # hosts whose connection went away mid-apply, and the error
         logging.getLogger("pyinfra").addHandler(self.op_errors)
@@ -156,6 +157,12 @@ class Applier:
             rec = record_of(d, self.run.salt, status, previous, self.state.serial + 1)
             if version:
                 rec.version = version
+            old = self.state.record(d.host, d.service)
+            new = self.created.pop((d.host, d.service), set())
+            if old is not None and old.created_dirs is None and not new:
+                rec.created_dirs = None        # recorded before recon tracked ownership: keep it so
+            else:
+                rec.created_dirs = sorted(set(old.created_dirs or [] if old else []) | new)
             self.state.hosts.setdefault(d.host, {})[d.service] = rec
             self.store.save(self.state)
 
@@ -170,12 +177,49 @@ class Applier:
             rec.applied_at = now_iso()
             self.store.save(self.state)
 
-    def forget(self, host: str, service: str) -> None:
+    def forget(self, host: str, service: str, removed: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         with self.lock:
             self.state.hosts.get(host, {}).pop(service, None)
             if not self.state.hosts.get(host):
                 self.state.hosts.pop(host, None)
+            owned = self.state.owned.get(host, [])
+            ownership.release(owned, service)
+            owned[:] = [o for o in owned if not (o.kind == "dir" and o.name in removed)]
+            if not owned:
+                self.state.owned.pop(host, None)
             self.store.save(self.state)
+
+    def ensure(self, host: str, d: DesiredService) -> None:
+        """Create the service's missing account, group and directories (never modifying existing ones)
+        and record what was created: its own directories with its record, the rest per host."""
+        owned = self.state.owned.setdefault(host, [])
+        rec = self.state.record(host, d.service)
+        mine = {o.name for o in owned if o.kind == "dir"} | set(rec.created_dirs or [] if rec else [])
+        ok, out = self.sh(host, ownership.ensure_script(d, mine))
+        made = ownership.parse_marks(out, "CREATED")
+        roles = {spec.path: spec.role for spec in ownership.dirs_of(d)}
+        with self.lock:
+            for kind, name in made:
+                role = roles.get(name, "shared") if kind == "dir" else "account"
+                if role == "service":
+                    self.created.setdefault((host, d.service), set()).add(name)
+                elif role != "system":
+                    ownership.use(owned, kind, name, role, d.service)
+            # what recon created earlier for other services and this one uses too
+            used = {("group", d.group), ("user", d.user)} | {("dir", p) for p, r in roles.items()
+                                                             if r in ("shared", "data")}
+            for o in owned:
+                if (o.kind, o.name) in used:
+                    ownership.use(owned, o.kind, o.name, o.role, d.service)
+            if rec is not None and (host, d.service) in self.created:
+                rec.created_dirs = sorted(set(rec.created_dirs or []) | self.created.pop((host, d.service)))
+            if not owned:
+                self.state.owned.pop(host, None)
+            if made or owned:
+                self.store.save(self.state)
+        if not ok:
+            lines = [x for x in out.splitlines() if not x.startswith("CREATED\t")]
+            raise ReconError("; ".join(lines) or "creating the account and directories failed")
 
     def history(self, c: Change, result: str, detail: str = "") -> None:
         import getpass
@@ -341,13 +385,7 @@ class Applier:
         """Upload what the change needs into the release directory; nothing is switched yet."""
         self.emit("step", host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
         needs_files = c.action in ("create", "replace", "update", "reload")
-        if c.action == "create" or not self._host_prepared(host, d):
-            self.op(host, server.group, group=d.group, system=True)
-            self.op(host, server.user, user=d.user, group=d.group, system=True, shell="/usr/sbin/nologin",
-                    home="/nonexistent", ensure_home=False, create_home=False)
-            self.prepared.add((host, d.user))
-            self.op(host, files.directory, path=d.data_dir, user=d.user, group=d.group, mode="750")
-            self.op(host, files.directory, path=str(Path(d.config_path).parent), mode="755")
+        self.ensure(host, d)
         if not needs_files:
             return
         release_bin = d.binary_path
@@ -415,10 +453,6 @@ class Applier:
                     f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
                     f"space on {mount} on {host}, then run `recon apply` again")
         return f"preparing the release failed: {_short(exc)}{removed}; nothing was switched"
-
-    def _host_prepared(self, host: str, d: DesiredService) -> bool:
-        obs = self.run.observed.get(host)
-        return (host, d.user) in self.prepared or bool(obs and d.user in obs.users)
 
     def _artifact(self, d: DesiredService) -> bytes:
         if d.service + d.version not in self.artifacts:
@@ -611,18 +645,22 @@ class Applier:
         rec = self.state.record(host, c.service)
         if rec is None:
             return True
-        q = shlex.quote
-        unit_path = f"/etc/systemd/system/{rec.unit_name}"
-        ok, out = self.sh(host, "\n".join([
-            f"systemctl disable -q --now {q(rec.unit_name)} 2>/dev/null",
-            f"rm -f {q(unit_path)} {q(rec.config_path)} {q(rec.env_path)}",
-            f"rm -rf {q(rec.service_dir)}",
-            "systemctl daemon-reload",
-        ]))
+        problem = ownership.record_problem(c.service, rec)
+        if problem:   # a hand-edited state: nothing is touched on the host
+            out = f"refused: {problem}"
+            self.emit("fail", host, c.service, f"delete failed: {out}", c.wave)
+            self.outcome(c, "failed", out)
+            return False
+        owned = self.state.owned.get(host, [])
+        unused = [o.name for o in owned if o.kind == "dir" and o.role == "shared" and o.services in ([], [c.service])]
+        ok, out = self.sh(host, ownership.delete_script(c.service, rec, unused))
         if ok:
-            self.forget(host, c.service)
-            self.emit("ok", host, c.service, "deleted (its data directory is kept)", c.wave)
-            self.outcome(c, "deleted")
+            removed = {name for _, name in ownership.parse_marks(out, "REMOVED")}
+            kept = [name for _, name in ownership.parse_marks(out, "KEPT")]
+            self.forget(host, c.service, removed)
+            note = "; kept " + ", ".join(kept) + " (not recon's alone)" if kept else ""
+            self.emit("ok", host, c.service, f"deleted (its data directory is kept{note})", c.wave)
+            self.outcome(c, "deleted", note.lstrip("; "))
             return True
         self.emit("fail", host, c.service, f"delete failed: {out}", c.wave)
         self.outcome(c, "failed", out)
@@ -632,10 +670,7 @@ class Applier:
         """Keep `keep_releases` newest plus the running and the previous release."""
         rec = self.state.record(host, d.service)
         keep = {d.version} | ({rec.previous_version} if rec and rec.previous_version else set())
-        q = shlex.quote
-        keep_args = " ".join(f"-e {q(k)}" for k in sorted(keep))
-        self.sh(host, f"cd {q(d.service_dir + '/releases')} 2>/dev/null && ls -1t | tail -n +{d.keep_releases + 1} "
-                      f"| grep -vx {keep_args} | while read -r r; do rm -rf -- \"$r\"; done; true")
+        self.sh(host, ownership.prune_script(d.service_dir, keep, d.keep_releases))
 
 
 class _OpErrors(logging.Handler):

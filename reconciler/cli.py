@@ -77,7 +77,7 @@ def exit_code(result: object, detailed: bool = False) -> int:
     from reconciler import runner as r
 
     if isinstance(result, r.PlanResult):
-        if result.plan.errors:
+        if result.plan.errors or result.plan.refused:    # a host not observed, or a change recon refuses
             return 1
         return 2 if detailed and result.plan.has_changes else 0
     if isinstance(result, r.ApplyRunResult | r.RollbackResult):

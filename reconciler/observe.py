@@ -35,6 +35,8 @@ class Target:
     want_version: str | None = None
     health_url: str | None = None
     user: str | None = None               # the service account (reported back in ObservedHost.users)
+    group: str | None = None              # its group (reported back in ObservedHost.groups)
+    dirs: tuple[str, ...] = ()            # directories whose existence is reported (ObservedHost.dirs)
 
 
 @dataclass
@@ -109,6 +111,9 @@ class ObservedHost:
     services: dict[str, ObservedService] = field(default_factory=dict)
     unit_files: list[str] = field(default_factory=list)   # provisioning-*.service found on the host
     users: set[str] = field(default_factory=set)
+    accounts: dict[str, str] = field(default_factory=dict)   # name -> `getent passwd` line
+    groups: dict[str, str] = field(default_factory=dict)     # name -> `getent group` line
+    dirs: dict[str, str] = field(default_factory=dict)       # path -> "dir" | "other" (absent: missing)
     error: str | None = None
     commands: int = 0
 
@@ -179,12 +184,20 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
                                                         t.env_path, t.want_version or "")))
     lines.append('for f in /etc/systemd/system/provisioning-*.service; do [ -e "$f" ] && rec unit_file - "${f##*/}"; '
                  "done")
+    dirs = list(dict.fromkeys(p for t in targets for p in t.dirs))
+    if dirs:   # builtins only: no process per directory
+        lines.append("for p in " + " ".join(q(p) for p in dirs) + '; do if [ -d "$p" ]; then rec dir d "$p"; '
+                     'elif [ -e "$p" ] || [ -L "$p" ]; then rec dir x "$p"; fi; done')
     if targets:
         units = " ".join(q(t.unit_name) for t in targets)
         lines.append(f"show=$(systemctl show --no-pager -p {','.join(SHOW_PROPS)} {units} 2>&1)")
     else:
         lines.append("show=")
     users = sorted({t.user for t in targets if t.user} | {"provisioning"})
+    # the groups from /etc/group with the shell's `read` (no process; apply asks NSS with getent)
+    groups = sorted({t.group for t in targets if t.group} | {"provisioning"})
+    lines.append("[ -r /etc/group ] && while IFS= read -r l; do case $l in " + "|".join(f"{q(g)}:*" for g in groups)
+                 + ') rec group - "$l";; esac; done < /etc/group')
     lines.append(_TAIL.replace("@USERS@", " ".join(q(u) for u in users)))
     lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
@@ -274,6 +287,12 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if key == "check":
             checks.append(name)
             continue
+        if key == "dir":
+            obs.dirs[value] = "dir" if name == "d" else "other"
+            continue
+        if key == "group":
+            obs.groups[value.split(":", 1)[0]] = value
+            continue
         if key == "unreadable":
             raise ObserveError(f"cannot read {value} ({name}): observe as root, or let the SSH user read it")
         if key == "odd_dropin":
@@ -311,7 +330,8 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if t.unit_name in checks:
             code = health.get(t.unit_name, "000")
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
-    obs.users = {x.split(":", 1)[0] for x in text_of("users").splitlines() if x.strip()}
+    obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
+    obs.users = set(obs.accounts)
     return obs
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.desired import DesiredService, desired_state, sha256_text
 from reconciler.errors import ReconError, SpecError, unknown_name
 from reconciler.observe import ObservedHost, Target
+from reconciler.ownership import dirs_of
 from reconciler.plan import Plan, make_plan
 from reconciler.spec import Spec, load_spec
 from reconciler.spec.checks import ssh_key_problems
@@ -71,7 +72,7 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
-                     d.user)
+                     d.user, d.group, tuple(s.path for s in dirs_of(d)))
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:

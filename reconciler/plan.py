@@ -23,6 +23,7 @@ from typing import Any
 
 from reconciler.desired import MANAGED_HEADER, SECRET_MASK, UNIT_KEYS, DesiredService, parse_unit
 from reconciler.observe import ObservedHost, ObservedService
+from reconciler.ownership import Resource, plan_host, record_problem
 from reconciler.state import ServiceRecord, State
 from reconciler.waves import waves_of
 
@@ -85,6 +86,10 @@ class Plan:
     spec_files: list[str] = field(default_factory=list)
     refresh_only: bool = False
     format_version: int = FORMAT_VERSION
+    # ownership (reconciler.ownership): accounts and directories created or used as they are, and what
+    # recon refuses to do (a login account, a hand-edited state): a plan with refusals is not applied
+    resources: list[Resource] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -111,8 +116,9 @@ class Plan:
         for c in d.get("changes") or []:
             fields = [FieldChange(**_known(FieldChange, f)) for f in c.get("fields") or []]
             changes.append(Change(**{**_known(Change, c), "fields": fields}))
-        rest = {k: v for k, v in _known(cls, d).items() if k != "changes"}
-        return cls(changes=changes, **rest)
+        resources = [Resource(**_known(Resource, r)) for r in d.get("resources") or []]
+        rest = {k: v for k, v in _known(cls, d).items() if k not in ("changes", "resources")}
+        return cls(changes=changes, resources=resources, **rest)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -727,6 +733,14 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
                                        wave=len(plan.waves) + 1,
                                        fields=[FieldChange("version", installed, None)],
                                        from_version=installed))
+            if problem := record_problem(name, rec):
+                plan.refused.append(f"{host}/{name}: not deleting it: {problem} (was recon's state edited by hand?)")
+        if not refresh_only:
+            actions = {c.service: c.action for c in plan.changes if c.host == host and c.action != "delete"}
+            if actions:
+                resources, refused = plan_host(host, svcs, actions, obs, state.owned.get(host, []), records)
+                plan.resources += resources
+                plan.refused += refused
         if obs.unit_files:
             managed = {d.unit_name for d in svcs.values()} | {r.unit_name for r in records.values()}
             for unit in obs.unit_files:

@@ -208,6 +208,9 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
             if plan.errors:
                 ui.show_plan(plan)
                 raise ReconError("not applying: some hosts could not be observed (see above)")
+            if plan.refused:
+                ui.show_plan(plan)
+                raise ReconError("not applying: recon refuses part of this plan (see above)")
             if saved is not None:
                 reasons = stale_reasons(saved.fingerprints, plan.fingerprints)
                 if not reasons and [(c.address, c.action) for c in saved.changes] != [
@@ -247,8 +250,9 @@ def settle_records(run: Any, plan: Plan) -> None:
                                               and rec.version == d.version and rec.unit_sha == d.unit_sha
                                               and rec.config_sha == d.config_sha):
                 continue
-            run.state.hosts.setdefault(host, {})[name] = record_of(
-                d, run.salt, "applied", previous_for(rec, d.version, o.releases), run.state.serial + 1)
+            new = record_of(d, run.salt, "applied", previous_for(rec, d.version, o.releases), run.state.serial + 1)
+            new.created_dirs = rec.created_dirs if rec else []    # adopted as found: recon created nothing
+            run.state.hosts.setdefault(host, {})[name] = new
             dirty = True
     if dirty:
         run.store.save(run.state)

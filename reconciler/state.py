@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconError
+from reconciler.ownership import Owned
 
 STATE_FILE = "recon.state.json"
 HISTORY_FILE = "history.jsonl"
@@ -66,6 +67,9 @@ class ServiceRecord:
     status: str = "applied"         # applied | in-progress | failed | rolled-back
     applied_at: str = ""
     serial: int = 0
+    # directories recon created for this service alone (its service dir, `releases`); None: recorded
+    # before recon tracked what it created (see docs/design.md, "Ownership")
+    created_dirs: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,6 +86,8 @@ class State:
     lineage: str = ""
     updated_at: str = ""
     hosts: dict[str, dict[str, ServiceRecord]] = field(default_factory=dict)
+    # per host: shared and data directories, accounts and groups recon created (reconciler.ownership)
+    owned: dict[str, list[Owned]] = field(default_factory=dict)
 
     def record(self, host: str, service: str) -> ServiceRecord | None:
         return self.hosts.get(host, {}).get(service)
@@ -93,6 +99,7 @@ class State:
             "lineage": self.lineage,
             "updated_at": self.updated_at,
             "hosts": {h: {s: r.to_dict() for s, r in sorted(svcs.items())} for h, svcs in sorted(self.hosts.items())},
+            "owned": {h: [o.to_dict() for o in items] for h, items in sorted(self.owned.items()) if items},
         }
         return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode()
 
@@ -115,6 +122,8 @@ _TYPE_CHECKS: dict[str, tuple[str, Any]] = {  # ServiceRecord's annotations (str
     "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "list[str] | None": ("a list of strings or null",
+                         lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))),
 }
 
 
@@ -127,6 +136,9 @@ def shape_problems(doc: Any) -> list[str]:
         what, ok = _TYPE_CHECKS[kind]
         if key in doc and not ok(doc[key]):
             out.append(f"{key}: expected {what}, found {_kind(doc[key])}")
+    owned = doc.get("owned", {})
+    if not isinstance(owned, dict) or not all(isinstance(v, list) for v in owned.values()):
+        out.append(f"owned: expected an object of lists per host, found {_kind(owned)}")
     hosts = doc.get("hosts", {})
     if not isinstance(hosts, dict):
         return [*out, f"hosts: expected an object of hosts, found {_kind(hosts)}"]
@@ -180,8 +192,10 @@ class StateStore:
                              + ". recon writes it atomically, so something else changed it: restore it from a backup")
         hosts = {h: {s: ServiceRecord.from_dict(r) for s, r in svcs.items()}
                  for h, svcs in doc.get("hosts", {}).items()}
+        owned = {h: [Owned.from_dict(o) for o in items if isinstance(o, dict)]
+                 for h, items in (doc.get("owned") or {}).items() if isinstance(items, list)}
         return State(serial=doc.get("serial", 0), lineage=doc.get("lineage", ""),
-                     updated_at=doc.get("updated_at", ""), hosts=hosts)
+                     updated_at=doc.get("updated_at", ""), hosts=hosts, owned=owned)
 
     def save(self, state: State, bump: bool = True) -> None:
         if not state.lineage:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +118,137 @@ def pids(host: TestHost, names: list[str]) -> dict[str, str]:
 NAMES = ["orchestrator", "control-center", "mcp-server"]
 
 
+
+
+# --- host invariants (ownership): what recon must never change --------------------------------------
+INVARIANT_DIRS = ("/etc", "/tmp", "/var", "/root", "/usr")
+ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
+# A test host's root is an overlay over this machine's `/` (reconciler.testhosts): everything written on
+# the host, and only that, is in the overlay's upper layer, so that is what is compared (changes other
+# processes make to this machine's files show through the lower layer and are not the host's). Paths
+# the host's own services write are left out.
+VOLATILE = ("/var/log", "/var/lib/systemd", "/var/cache", "/tmp", "/var/tmp", "/root/.cache", "/etc/.pwd.lock",
+            *ACCOUNT_FILES, *(f + "-" for f in ACCOUNT_FILES), "/etc/subuid", "/etc/subgid", "/etc/subuid-",
+            "/etc/subgid-")
+
+
+@dataclass
+class HostSnapshot:
+    modes: dict[str, str]                       # INVARIANT_DIRS → "owner:group mode"
+    accounts: dict[str, dict[str, str]]         # account file → name → its line
+    files: dict[str, str]                       # every path written on the host → "uid:gid mode [size mtime] target"
+
+
+def _upper_layer(host: TestHost) -> Path:
+    """The overlay's upper directory, seen through systemd-nspawn's mount namespace (its tmpfs is mounted
+    there, not in ours)."""
+    nspawn = Path(f"/proc/{host.leader_pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    for line in Path(f"/proc/{host.leader_pid}/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[4] == "/" and " - overlay " in line:
+            opts = line.split(" - ", 1)[1].split(" ", 2)[2]
+            for opt in opts.split(","):
+                if opt.startswith("upperdir="):
+                    upper = Path(f"/proc/{nspawn}/root{opt[len('upperdir='):]}")
+                    assert upper.is_dir(), f"cannot see the overlay of host {host.name} at {upper}"
+                    return upper
+    raise AssertionError(f"the root of host {host.name} is not an overlay")
+
+
+def _written(host: TestHost) -> dict[str, str]:
+    upper = _upper_layer(host)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel = "/" if dirpath == str(upper) else "/" + os.path.relpath(dirpath, upper)
+        dirnames[:] = [d for d in dirnames if not _volatile(os.path.join(rel, d))]
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(rel, name)
+            if _volatile(path):
+                continue
+            out[path] = _describe(os.path.join(dirpath, name)) or ""
+    return out
+
+
+def _describe(full: str) -> str | None:
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        return None
+    kind = stat.S_IFMT(st.st_mode)
+    desc = f"{st.st_uid}:{st.st_gid} {stat.filemode(st.st_mode)}"
+    if kind == stat.S_IFLNK:
+        desc += " -> " + os.readlink(full)
+    elif kind != stat.S_IFDIR:         # a directory's mtime moves when an entry is added inside
+        desc += f" {st.st_size} {st.st_mtime_ns} rdev={st.st_rdev}"   # a whiteout (deleted): char device 0
+    return desc
+
+
+def _volatile(path: str) -> bool:
+    return any(path == v or path.startswith(v + "/") for v in VOLATILE)
+
+
+def snapshot(host: TestHost) -> HostSnapshot:
+    """What `check_invariants` compares: taken before a case, compared after it."""
+    modes = {}
+    for line in _exec(host, "stat -c '%n %U:%G %a' " + " ".join(INVARIANT_DIRS)).splitlines():
+        path, rest = line.split(" ", 1)
+        modes[path] = rest
+    accounts: dict[str, dict[str, str]] = {}
+    for f in ACCOUNT_FILES:
+        accounts[f] = {ln.split(":", 1)[0]: ln for ln in _exec(host, f"cat {f}").splitlines() if ln}
+    return HostSnapshot(modes, accounts, _written(host))
+
+
+def recon_paths(state_dir: Path) -> set[str]:
+    """Every path recon's state says is recon's (records, what it created)."""
+    p = state_dir / "recon.state.json"
+    if not p.exists():
+        return set()
+    doc = json.loads(p.read_text())
+    out: set[str] = set()
+    for svcs in doc.get("hosts", {}).values():
+        for rec in svcs.values():
+            out |= {rec["service_dir"], rec["config_path"], rec["env_path"], *(rec.get("created_dirs") or [])}
+    for items in doc.get("owned", {}).values():
+        out |= {o["name"] for o in items if o["kind"] == "dir"}
+    return out
+
+
+def ssh_ok(host: TestHost) -> bool:
+    res = subprocess.run(["ssh", "-i", str(host.ssh_key), "-p", str(host.port), "-o", "BatchMode=yes",
+                          "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={host.known_hosts}",
+                          "-o", "ConnectTimeout=10", f"{host.user}@{host.address}", "true"],
+                         capture_output=True, text=True, timeout=30)
+    return res.returncode == 0
+
+
+def check_invariants(host: TestHost, before: HostSnapshot, allowed: Iterable[str] = (),
+                     new_accounts: Iterable[str] = ()) -> None:
+    """The host's invariants after a case: owner and mode of /etc, /tmp, /var, /root and /usr; the
+    passwd/group/shadow entries of every account that existed before (byte-identical) and no other
+    new account than `new_accounts`; sshd reachable; nothing written on the host outside the
+    paths in `allowed` (recon's directories and files) and recon's unit files (see VOLATILE)."""
+    allowed, new_accounts = set(allowed), set(new_accounts)
+    after = snapshot(host)
+    assert after.modes == before.modes, (before.modes, after.modes)
+    for f, entries in before.accounts.items():
+        changed = {n: (line, after.accounts[f].get(n)) for n, line in entries.items()
+                   if after.accounts[f].get(n) != line}
+        assert not changed, f"{f} entries changed: {changed}"
+        extra = set(after.accounts[f]) - set(entries) - set(new_accounts)
+        assert not extra, f"{f}: unexpected new entries {extra}"
+    assert ssh_ok(host), "sshd is not reachable any more"
+
+    def recon_own(path: str) -> bool:
+        wants = "/etc/systemd/system/multi-user.target.wants"
+        if path == wants or path.startswith(("/etc/systemd/system/provisioning-", wants + "/provisioning-")):
+            return True
+        return any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+
+    def seen(files: dict[str, str], p: str) -> str | None:
+        return files[p] if p in files else _describe(p)   # not written on the host: as in the lower layer
+
+    moved = sorted(p for p in before.files.keys() | after.files.keys()
+                   if seen(before.files, p) != seen(after.files, p) and not recon_own(p))
+    assert not moved, "changed outside recon's directories: " + ", ".join(
+        f"{p}: {before.files.get(p)} -> {after.files.get(p)}" for p in moved[:20])

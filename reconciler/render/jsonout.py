@@ -53,6 +53,9 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "ignored_drift": [str(a) for a in plan.ignored_drift],
         "fingerprints": jsonable(dict(sorted(plan.fingerprints.items(), key=lambda kv: str(kv[0])))),
         "spec_files": [str(s) for s in plan.spec_files],
+        "resources": [{"host": r.host, "kind": r.kind, "name": r.name, "action": r.action,
+                       "services": [str(x) for x in r.services], "detail": r.detail} for r in plan.resources],
+        "refused": [str(r) for r in plan.refused],
     }
 
 

@@ -56,6 +56,22 @@ def _errors(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _refused(plan: Plan) -> str:
+    lines = ["> **Refused**: recon does not own or will not use these; nothing is applied until this is fixed:",
+             ">"]
+    lines += [f"> - {cell(r)}" for r in plan.refused]
+    return "\n".join(lines) + "\n"
+
+
+def _resources(plan: Plan) -> str:
+    lines = ["Accounts and directories:", ""]
+    lines += [f"- {'create' if r.action == 'create' else 'use as it is'}: {cell(r.host)}: {cell(r.kind)} "
+              f"{cell(r.name)} ({cell(r.detail)})" for r in plan.resources[:NOTES_LIMIT]]
+    if len(plan.resources) > NOTES_LIMIT:
+        lines.append(f"- … {len(plan.resources) - NOTES_LIMIT} more; run `recon plan` to see them all")
+    return "\n".join(lines) + "\n"
+
+
 def _table_head() -> str:
     return "| address | action | reason | drift |\n| --- | --- | --- | --- |\n"
 
@@ -144,11 +160,15 @@ def render_markdown(plan: Plan, limit: int = 65000, title: str = "recon plan") -
         head.append("Refresh only: the hosts have moved away from what recon last applied.")
     if plan.errors:
         head.append(_errors(plan))
+    if plan.refused:
+        head.append(_refused(plan))
     if not plan.changes:
         head.append("No drift. Your hosts match what recon last applied." if plan.refresh_only
                     else "No changes. Your hosts match the spec." if not plan.errors
                     else "No changes on the hosts recon could reach.")
     tail = [_notes(plan)] if plan.notes or plan.ignored_drift else []
+    if plan.resources:
+        tail.insert(0, _resources(plan))
     rows = [_row(c) for c in plan.changes]
     details = [_details(c) for c in plan.changes]
     table = _table_head() + "".join(rows) if rows else ""

@@ -141,6 +141,26 @@ def _errors(plan: Plan) -> list[Text]:
     return lines
 
 
+def _refused(plan: Plan) -> list[Text]:
+    n = len(plan.refused)
+    lines = [Text(f"Refused: {n} thing{'s' if n != 1 else ''} recon does not own or will not use; "
+                  "nothing is applied until this is fixed:", style=ERROR_STYLE)]
+    lines.extend(Text.assemble("  ", ("✗ ", ERROR_STYLE), (printable(str(r)), "red")) for r in plan.refused)
+    return lines
+
+
+def _resources(plan: Plan) -> list[Text]:
+    lines = [Text("Accounts and directories:", style="bold")]
+    for r in plan.resources:
+        create = r.action == "create"
+        what = f"{r.kind} {r.name}"
+        lines.append(Text.assemble(
+            "  ", ("+" if create else "=", "green" if create else "dim"), " ", printable(f"{r.host}: {what}"),
+            (" (will be created: " if create else " (") + printable(r.detail) + ")",
+            (" — for " + ", ".join(r.services), "dim") if r.services else ""))
+    return lines
+
+
 def _notes(plan: Plan) -> list[Text]:
     lines = [Text("Notes:", style="bold")]
     lines.extend(Text("  • " + printable(str(n))) for n in plan.notes)
@@ -169,8 +189,12 @@ def _renderables(plan: Plan, width: int) -> list[Text]:
                 if i:
                     out.append(Text())
                 out.extend(_change_block(c, width))
+    if plan.resources:
+        out += [Text(), *_resources(plan)]
     if plan.errors:
         out += [Text(), *_errors(plan)]
+    if plan.refused:
+        out += [Text(), *_refused(plan)]
     if plan.notes:
         out += [Text(), *_notes(plan)]
     if plan.ignored_drift:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Problem
+from reconciler.ownership import SERVICE_NAME, overlaps, path_problem
 from reconciler.spec.loader import SpecPath, format_path
 from reconciler.spec.merge import Merged
 from reconciler.spec.template import PLACEHOLDERS, unknown_placeholders
@@ -150,11 +151,73 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
         _check_config(c, (*base, "config"), svc.get("config"))
         if check_artifacts:
             _check_artifact(c, base, svc)
+    _check_ownership(c, services)
     cycle = find_cycle(graph)
     if cycle:
         c.add(("services", cycle[0], "depends_on"), "dependency cycle: " + " → ".join(cycle),
               expected="dependencies without cycles", found=" → ".join(cycle))
     return c.problems
+
+
+_OWN_EXPECTED = ("an absolute, normalised path that is not a system directory (/, /etc, /usr, /var, /tmp, /opt …) "
+                 "nor contains one, e.g. /opt/provisioning")
+
+
+def _check_ownership(c: _Checker, services: dict[str, Any]) -> None:
+    """Every directory recon writes to or deletes is its own (see reconciler.ownership): install_dir and
+    `{install_dir}/{service}`, config_dir (config, secrets) and data_dir; no service directory overlaps
+    another service's directories; the service account is not root."""
+    from reconciler.spec.model import BUILTIN_DEFAULTS
+
+    dirs: dict[str, dict[str, str]] = {}
+    for name, svc in services.items():
+        if not isinstance(svc, dict) or not SERVICE_NAME.match(str(name)):
+            continue       # the schema reports it
+        base: SpecPath = ("services", name)
+        found: dict[str, str] = {}
+        for key in ("install_dir", "config_dir", "data_dir"):
+            value = svc.get(key, BUILTIN_DEFAULTS[key])
+            if not isinstance(value, str):
+                continue       # the schema reports it
+            path = value.replace("{service}", name) if key == "data_dir" else value
+            problem = path_problem(path)
+            if problem:
+                c.add((*base, key), f"{key} cannot be recon's: {problem}", expected=_OWN_EXPECTED, found=value,
+                      per_service=key == "data_dir" and "{service}" in value)
+                continue
+            found[key] = path
+            if key == "install_dir":
+                service_dir = f"{path}/{name}"
+                problem = path_problem(service_dir)
+                if problem:
+                    c.add((*base, key), f"the service directory {service_dir} ({key} + service name) cannot be "
+                          f"recon's: {problem}", expected=_OWN_EXPECTED, found=value, per_service=True)
+                else:
+                    found["service_dir"] = service_dir
+        if "data_dir" in found and "config_dir" in found and overlaps(found["data_dir"], found["config_dir"]):
+            c.add((*base, "data_dir"), f"data_dir {found['data_dir']} overlaps config_dir {found['config_dir']}",
+                  expected="a data directory apart from the config directory (the service may write its data)",
+                  found=found["data_dir"], per_service=True)
+        for key in ("user", "group"):
+            if svc.get(key) == "root":
+                c.add((*base, key), f"the service cannot run as {key} root",
+                      expected="a system account (recon creates a missing one), e.g. provisioning", found="root")
+        dirs[name] = found
+    # a service directory is removed with its service: nothing else may live in it, nor it in another's
+    for name, found in dirs.items():
+        sd = found.get("service_dir")
+        if sd is None:
+            continue
+        for other, theirs in dirs.items():
+            for key, path in theirs.items():
+                if (other, key) == (name, "service_dir") or (key == "install_dir" and sd.startswith(path + "/")):
+                    continue      # its own, or the install dir it lives in
+                if overlaps(sd, path):
+                    what = "its own" if other == name else f"service {other!r}'s"
+                    c.add(("services", name, "install_dir"), f"the service directory {sd} overlaps {what} "
+                          f"{key.replace('_', ' ')} {path}",
+                          expected="service directories apart from each other and from config and data directories",
+                          found=sd, per_service=True)
 
 
 def _check_units(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
