@@ -313,3 +313,19 @@ def test_progress_live_wait_lines_vanish_when_the_gate_ends() -> None:
     p(Event("ok", "node1", "api", "created, healthy"))
     assert p.live is None and not p.waiting
     assert "created, healthy" in buf.getvalue()
+
+
+def test_history_columns_are_aligned() -> None:
+    from reconciler.render.history import render_history_text
+
+    entries = [{"time": "2026-12-02T03:30:53.1Z", "serial": 9, "user": "root", "machine": "vm", "host": "node1",
+                "service": "control-center", "action": "create", "to": "5.0.0", "result": "created",
+                "detail": "HTTP 200 after 1s"},
+               {"time": "2026-12-02T03:31:00.2Z", "serial": 120, "user": "ci-runner", "machine": "build-7",
+                "host": "node12", "service": "api", "action": "replace", "from": "5.0.0", "to": "5.0.1",
+                "result": "rolled-back", "detail": "HTTP 503 after 15s"}]
+    rows = render_history_text(entries).splitlines()
+    assert rows[0].split() == ["TIME", "SERIAL", "WHO", "ADDRESS", "ACTION", "VERSION", "RESULT", "DETAIL"]
+    for col in ("SERIAL", "WHO", "ADDRESS", "ACTION", "VERSION", "RESULT", "DETAIL"):
+        at = rows[0].index(col)
+        assert all(r[at - 2:at] == "  " and r[at] != " " for r in rows[1:]), (col, rows)
