@@ -142,7 +142,10 @@ def _port_open(address: str, port: int) -> bool:
 
 def _run(argv: list[str], timeout: float | None, check: bool, input: str | None
          ) -> subprocess.CompletedProcess[str]:
-    """Run a command, output captured as text; stdin is `input` or nothing."""
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check, input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    """Run a command, output captured as text; stdin is `input` or nothing. (`stdin` is passed only without
+    `input`: gevent's patched subprocess.run refuses both, even `stdin=None`.)"""
+    if input is not None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check, input=input)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check,
+                          stdin=subprocess.DEVNULL)
 

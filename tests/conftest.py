@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.transport import forget_known_hosts_cache
 from testhosts import MAX_INDEX, TestHost, TestHostError, TestHosts, hosts_spec
 
 POOL_BASE = Path(os.environ.get("RECON_TEST_HOSTS_BASE", "/tmp/recon-pytest-hosts"))
@@ -39,6 +38,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.host)
+
+
+def forget_known_hosts_cache() -> None:
+    """pyinfra memoizes known_hosts per path for the process: drop that after (re)boots. Imported here,
+    not at the top: importing recon's transport gevent-patches the process, which only tests that
+    connect in-process should pay for."""
+    from reconciler.transport import forget_known_hosts_cache as forget
+
+    forget()
 
 
 def _acquire_slot() -> tuple[int, int]:

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import _Indices
+from conftest import _Indices, forget_known_hosts_cache
 from hosttools import Mini, _exec, health, show
 
 from reconciler.state import StateStore
-from reconciler.transport import forget_known_hosts_cache
 from testhosts import TestHost, TestHosts
 
 CC = "/opt/provisioning/control-center"
