@@ -24,15 +24,17 @@ from pyinfra.operations import files, systemd
 from reconciler import ownership
 from reconciler.desired import DesiredService, sha256_text
 from reconciler.errors import ReconError
-from reconciler.outcome import ApplyResult, Event, Outcome
-from reconciler.plan import Change, Plan, dropin_field
-from reconciler.state import ServiceRecord, State, StateStore, now_iso
+from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
+from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
+from reconciler.state import RecordStatus, ServiceRecord, State, StateStore, now_iso
 
 JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
 
 
-_DONE = {"create": "created", "update": "updated", "replace": "replaced", "restart": "restarted",
-         "reload": "reloaded", "delete": "deleted"}
+_DONE = {Action.CREATE: Result.CREATED, Action.UPDATE: Result.UPDATED, Action.REPLACE: Result.REPLACED,
+         Action.RESTART: Result.RESTARTED, Action.RELOAD: Result.RELOADED, Action.DELETE: Result.DELETED}
+_NEW_RELEASE = (Action.CREATE, Action.REPLACE)          # a new release directory
+_SAME_RELEASE = (Action.UPDATE, Action.RELOAD)          # files of the running release change in place
 
 
 def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> bytes:
@@ -50,7 +52,7 @@ def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> byte
     return data
 
 
-def record_of(d: DesiredService, salt: str, status: str, previous: str | None, serial: int) -> ServiceRecord:
+def record_of(d: DesiredService, salt: str, status: RecordStatus, previous: str | None, serial: int) -> ServiceRecord:
     """The state record of a desired service as recon installs it (secrets only as a salted fingerprint)."""
     return ServiceRecord(
         version=d.version, sha256=d.sha256, config_sha=d.config_sha, unit_sha=d.unit_sha,
@@ -66,7 +68,7 @@ def last_healthy(rec: ServiceRecord | None) -> str | None:
     interrupted or failed: `version` is the release that never proved healthy)."""
     if rec is None:
         return None
-    if rec.status in ("applied", "rolled-back"):
+    if rec.status in (RecordStatus.APPLIED, RecordStatus.ROLLED_BACK):
         return rec.version
     return rec.previous_version
 
@@ -148,11 +150,11 @@ class Applier:
                 f"{not_done}. When {host} is reachable again, run `recon plan` to see where it stands, then "
                 f"`recon apply` to finish{back}")
 
-    def emit(self, kind: str, host: str = "", service: str = "", message: str = "", wave: int = 0) -> None:
+    def emit(self, kind: EventKind, host: str = "", service: str = "", message: str = "", wave: int = 0) -> None:
         self.on_event(Event(kind, host, service, message, wave))
 
     # --- state -----------------------------------------------------------------------------------
-    def record(self, d: DesiredService, status: str, previous: str | None, version: str | None = None) -> None:
+    def record(self, d: DesiredService, status: RecordStatus, previous: str | None, version: str | None = None) -> None:
         with self.lock:
             rec = record_of(d, self.run.salt, status, previous, self.state.serial + 1)
             if version:
@@ -166,7 +168,7 @@ class Applier:
             self.state.hosts.setdefault(d.host, {})[d.service] = rec
             self.store.save(self.state)
 
-    def set_status(self, host: str, service: str, status: str, **changes: Any) -> None:
+    def set_status(self, host: str, service: str, status: RecordStatus, **changes: Any) -> None:
         with self.lock:
             rec = self.state.record(host, service)
             if rec is None:
@@ -231,7 +233,7 @@ class Applier:
             "action": c.action, "from": c.from_version, "to": c.to_version, "result": result, "detail": detail,
         })
 
-    def outcome(self, c: Change, result: str, detail: str = "") -> None:
+    def outcome(self, c: Change, result: Result, detail: str = "") -> None:
         with self.lock:
             self.result.outcomes.append(Outcome(c.address, c.action, result, detail, c.from_version, c.to_version))
         self.history(c, result, detail)
@@ -247,23 +249,23 @@ class Applier:
         failures = 0
         for n, batch in enumerate(batches, 1):
             if len(batches) > 1:
-                self.emit("batch", message=f"batch {n}/{len(batches)}: {', '.join(batch)}")
+                self.emit(EventKind.BATCH, message=f"batch {n}/{len(batches)}: {', '.join(batch)}")
             jobs = {h: gevent.spawn(self.apply_host, h, by_host[h]) for h in batch}
             gevent.joinall(list(jobs.values()))
             for h, job in jobs.items():
                 ok = job.value if job.successful() else False
                 if not job.successful():
-                    self.emit("fail", h, message=f"unexpected error: {job.exception}")
+                    self.emit(EventKind.FAIL, h, message=f"unexpected error: {job.exception}")
                 if not ok:
                     failures += 1
             if failures > max_failures and n < len(batches):
                 rest = [h for b in batches[n:] for h in b]
                 self.result.stopped = (f"{failures} host(s) failed (max_failures {max_failures}); "
                                        f"not touched: {', '.join(rest)}")
-                self.emit("fail", message=f"rollout stopped: {self.result.stopped}")
+                self.emit(EventKind.FAIL, message=f"rollout stopped: {self.result.stopped}")
                 for h in rest:
                     for c in by_host[h]:
-                        self.outcome(c, "skipped", "rollout stopped")
+                        self.outcome(c, Result.SKIPPED, "rollout stopped")
                 break
         return self.result
 
@@ -288,19 +290,19 @@ class Applier:
             if not ok:
                 why = f"{host} became unreachable" if host in self.lost else "an earlier wave failed on this host"
                 for c in batch:
-                    self.outcome(c, "skipped", why)
-                    self.emit("skip", host, c.service, f"not started: {why}", wave)
+                    self.outcome(c, Result.SKIPPED, why)
+                    self.emit(EventKind.SKIP, host, c.service, f"not started: {why}", wave)
                 continue
-            deletes = [c for c in batch if c.action == "delete"]
-            others = [c for c in batch if c.action != "delete"]
+            deletes = [c for c in batch if c.action == Action.DELETE]
+            others = [c for c in batch if c.action != Action.DELETE]
             if others:
                 names = ", ".join(c.service for c in others)
-                self.emit("wave", host, message=f"wave {wave}: {names}", wave=wave)
+                self.emit(EventKind.WAVE, host, message=f"wave {wave}: {names}", wave=wave)
                 ok = self.apply_wave(host, wave, others, desired) and ok
             for c in deletes:
                 if host in self.lost:
-                    self.outcome(c, "skipped", f"{host} became unreachable")
-                    self.emit("skip", host, c.service, f"not deleted: {host} became unreachable", wave)
+                    self.outcome(c, Result.SKIPPED, f"{host} became unreachable")
+                    self.emit(EventKind.SKIP, host, c.service, f"not deleted: {host} became unreachable", wave)
                     ok = False
                     continue
                 ok = self.delete(host, c) and ok
@@ -321,8 +323,8 @@ class Applier:
                                           f"release {d.version} is not complete on the host (it is not used)")
                 else:
                     detail = self.staging_failed(host, c, d, exc)
-                self.emit("fail", host, c.service, detail, wave)
-                self.outcome(c, "failed", detail)
+                self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                self.outcome(c, Result.FAILED, detail)
                 failed.append(c)
         if ready:
             try:
@@ -334,8 +336,8 @@ class Applier:
                         host, c, f"release {desired[c.service].version} uploaded; switching to it began (recorded "
                         "as in-progress)", "the switch may be incomplete; no restart, no health check"
                     ) if lost else f"switching failed: {_short(exc)}"
-                    self.emit("fail", host, c.service, detail, wave)
-                    self.outcome(c, "failed", detail)
+                    self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                    self.outcome(c, Result.FAILED, detail)
                 return False
             results = self.bounce_and_check(host, ready, desired)
             lost = None if all(c.service in results for c in ready) else self.connection_lost(host)
@@ -346,21 +348,21 @@ class Applier:
                     prev = c.from_version if c.from_version and c.from_version != d.version else None
                     detail = self.lost_detail(
                         host, c, f"release {d.version} installed and switched to, {d.unit_name} "
-                        f"{'reloaded' if c.effect == 'reload' else 'restarted'} (recorded as in-progress)",
+                        f"{'reloaded' if c.effect == Effect.RELOAD else 'restarted'} (recorded as in-progress)",
                         "the health check has no result" + (f", and no rollback to {prev} was tried" if prev and
                                                             self.auto_rollback else ""))
                     failed.append(c)
-                    self.emit("fail", host, c.service, detail, wave)
-                    self.outcome(c, "failed", detail)
+                    self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                    self.outcome(c, Result.FAILED, detail)
                     continue
                 if good:
-                    self.record(d, "applied", self._previous(host, c))
+                    self.record(d, RecordStatus.APPLIED, self._previous(host, c))
                     self.prune(host, d)
-                    self.emit("ok", host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
+                    self.emit(EventKind.OK, host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
                     self.outcome(c, _DONE[c.action], detail)
                 else:
                     failed.append(c)
-                    self.emit("fail", host, c.service, f"health check failed: {detail}", wave)
+                    self.emit(EventKind.FAIL, host, c.service, f"health check failed: {detail}", wave)
                     self.handle_failure(host, c, d, detail, wave)
         return not failed
 
@@ -383,18 +385,18 @@ class Applier:
 
     def stage_files(self, host: str, c: Change, d: DesiredService) -> None:
         """Upload what the change needs into the release directory; nothing is switched yet."""
-        self.emit("step", host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
-        needs_files = c.action in ("create", "replace", "update", "reload")
+        self.emit(EventKind.STEP, host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
+        needs_files = c.action in (*_NEW_RELEASE, *_SAME_RELEASE)
         self.ensure(host, d)
         if not needs_files:
             return
         release_bin = d.binary_path
-        if c.action in ("create", "replace") or any(f.path == "artifact.sha256" for f in c.fields):
+        if c.action in _NEW_RELEASE or any(f.part == Part.RELEASE for f in c.fields):
             # files.put creates the release directory; the sha256 is checked on the host before switching
             self.op(host, files.put, src=io.BytesIO(self._artifact(d)), dest=release_bin, mode="755")
         cfg_in_release = f"{d.release_dir}/{d.service}.toml"
         unit_in_release = f"{d.release_dir}/{d.unit_name}"
-        if c.action in ("update", "reload"):
+        if c.action in _SAME_RELEASE:
             # same release: keep what was there so an automatic rollback can put it back
             # (umask 077 and no old copy to write into: the env file's copy is never readable by others)
             self.sh(host, "umask 077 ; " + " ; ".join(
@@ -433,7 +435,7 @@ class Applier:
         o = obs.services.get(d.service) if obs else None
         # a release this apply started: not on the host before, or there without the right binary (a
         # partial upload of an earlier run); never the live one
-        new_release = c.action in ("create", "replace") and (o is None or (
+        new_release = c.action in _NEW_RELEASE and (o is None or (
             d.version != o.current and (d.version not in o.releases or o.want_binary_sha != d.sha256)))
         q = shlex.quote
         script = (f"rm -rf -- {q(d.release_dir)}\n" if new_release else "") + (
@@ -441,13 +443,13 @@ class Applier:
             'df -Pk -- "$p" | tail -n 1')
         ok, out = self.sh(host, script)
         removed = f"; the partial release {d.release_dir} was removed" if new_release and ok else ""
-        need = len(self.artifacts.get(d.service + d.version, b"")) if c.action in ("create", "replace") else 0
+        need = len(self.artifacts.get(d.service + d.version, b"")) if c.action in _NEW_RELEASE else 0
         need += len(d.config_text) + len(d.unit_text) + (len(d.secrets_text) if d.secret_names else 0)
         fields = out.split()
         avail = int(fields[3]) * 1024 if ok and len(fields) >= 6 and fields[3].isdigit() else None
         if avail is not None and avail < need + 4096:  # a little for the directory entries
             mount = " ".join(fields[5:])
-            before = (f"{d.service} was not installed" if c.action == "create" else
+            before = (f"{d.service} was not installed" if c.action == Action.CREATE else
                       f"{d.service} still runs {o.current}" if o and o.current else f"{d.service} is as it was")
             return (f"no space left on {host} at {d.release_dir}: {avail // 1024} KiB free on {mount}, release "
                     f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
@@ -466,7 +468,7 @@ class Applier:
             d = desired[c.service]
             self.fallback[(host, c.service)] = rollback_target(self.state.record(host, c.service),
                                                                self._kept(host, c.service))
-            self.record(d, "in-progress", self._previous(host, c))
+            self.record(d, RecordStatus.IN_PROGRESS, self._previous(host, c))
         parts = []
         for c in changes:
             d = desired[c.service]
@@ -494,8 +496,8 @@ class Applier:
         """Start/restart/reload the wave's services and wait for their health, in one command."""
         q = shlex.quote
         enable = [desired[c.service].unit_name for c in changes]
-        restart = [desired[c.service].unit_name for c in changes if c.effect in ("start", "restart")]
-        reload = [desired[c.service].unit_name for c in changes if c.effect == "reload"]
+        restart = [desired[c.service].unit_name for c in changes if c.effect in (Effect.START, Effect.RESTART)]
+        reload = [desired[c.service].unit_name for c in changes if c.effect == Effect.RELOAD]
         lines = [_HEALTH_FN, f"systemctl enable -q {' '.join(q(u) for u in enable)} 2>&1 || true"]
         if restart:
             lines.append(f"systemctl restart {JOB_MODE} {' '.join(q(u) for u in restart)} 2>/dev/null || true")
@@ -512,7 +514,7 @@ class Applier:
             parts = line.split("\t")
             if len(parts) == 5 and parts[0] == "PROBE" and parts[1] in waves:
                 answer = "no answer" if parts[2] in ("", "000") else f"HTTP {parts[2]}"
-                self.emit("wait", host, parts[1], f"waiting for health: {answer} ({parts[3]}s of {parts[4]}s)",
+                self.emit(EventKind.WAIT, host, parts[1], f"waiting for health: {answer} ({parts[3]}s of {parts[4]}s)",
                           waves[parts[1]])
 
         res = self.session.stream(host, "\n".join(lines), progress, timeout=timeout)
@@ -523,25 +525,26 @@ class Applier:
     # --- failure handling ------------------------------------------------------------------------
     def handle_failure(self, host: str, c: Change, d: DesiredService, detail: str, wave: int) -> None:
         if not self.auto_rollback:
-            self.set_status(host, c.service, "failed")
-            self.outcome(c, "failed", detail)
+            self.set_status(host, c.service, RecordStatus.FAILED)
+            self.outcome(c, Result.FAILED, detail)
             return
         q = shlex.quote
         prev = self.fallback.get((host, c.service))
         if prev is None:
             self.sh(host, f"systemctl disable -q --now {q(d.unit_name)} 2>/dev/null; true")
-            self.set_status(host, c.service, "failed")
-            self.emit("rollback", host, c.service, "no earlier release recorded healthy: stopped it", wave)
-            self.outcome(c, "failed", f"{detail}; no earlier release recorded healthy, service stopped")
+            self.set_status(host, c.service, RecordStatus.FAILED)
+            self.emit(EventKind.ROLLBACK, host, c.service, "no earlier release recorded healthy: stopped it", wave)
+            self.outcome(c, Result.FAILED, f"{detail}; no earlier release recorded healthy, service stopped")
             return
-        if prev == d.version and c.action not in ("update", "reload"):
+        if prev == d.version and c.action not in _SAME_RELEASE:
             # nothing was changed but the process: the release that failed is the last one recorded healthy
-            self.set_status(host, c.service, "failed")
-            self.emit("fail", host, c.service, f"{prev} is the last release recorded healthy; left as it is", wave)
-            self.outcome(c, "failed", f"{detail}; {prev} is the last release recorded healthy, nothing to roll "
+            self.set_status(host, c.service, RecordStatus.FAILED)
+            self.emit(EventKind.FAIL, host, c.service, f"{prev} is the last release recorded healthy; left as it is",
+                      wave)
+            self.outcome(c, Result.FAILED, f"{detail}; {prev} is the last release recorded healthy, nothing to roll "
                                       "back to")
             return
-        self.emit("rollback", host, c.service, f"rolling back to {prev}", wave)
+        self.emit(EventKind.ROLLBACK, host, c.service, f"rolling back to {prev}", wave)
         if prev != d.version:
             script = _switch_script(d.service_dir, d.service, prev, d.unit_name, d.unit_path, d.config_path)
         else:   # same release: put back the files kept beside it
@@ -556,8 +559,7 @@ class Applier:
             ])
         ok, out = self.sh(host, "set -e\n" + script)
         if ok:
-            effect = "reload" if c.action == "reload" else "restart"
-            verb = "reload" if effect == "reload" else f"restart {JOB_MODE}"
+            verb = "reload" if c.action == Action.RELOAD else f"restart {JOB_MODE}"
             check = _HEALTH_FN + f"\nsystemctl {verb} {q(d.unit_name)} 2>/dev/null || true\n" + _check_line(d)
             _, out2 = self.sh(host, check, timeout=int(d.health_timeout_s) + 60)
             good, detail2 = _parse_results(out2).get(d.service, (False, "no result"))
@@ -568,24 +570,24 @@ class Applier:
             if rec is not None:
                 old_unit = self._read_text(host, d.unit_path)
                 old_cfg = self._read_text(host, d.config_path)
-                self.set_status(host, c.service, "rolled-back", version=prev,
+                self.set_status(host, c.service, RecordStatus.ROLLED_BACK, version=prev,
                                 sha256=self._binary_sha(host, d.service_dir, prev, d.service),
                                 unit_text=old_unit, unit_sha=sha256_text(old_unit),
                                 config_text=old_cfg, config_sha=sha256_text(old_cfg),
                                 previous_version=None if prev != d.version else rec.previous_version)
-            self.emit("rollback", host, c.service, f"back on {prev}, healthy ({detail2})", wave)
-            self.outcome(c, "rolled-back", f"{detail}; rolled back to {prev}")
+            self.emit(EventKind.ROLLBACK, host, c.service, f"back on {prev}, healthy ({detail2})", wave)
+            self.outcome(c, Result.ROLLED_BACK, f"{detail}; rolled back to {prev}")
         elif self.connection_lost(host):
-            self.set_status(host, c.service, "failed")
+            self.set_status(host, c.service, RecordStatus.FAILED)
             text = self.lost_detail(host, c, f"release {d.version} failed its health check ({detail}); the rollback "
                                     f"to {prev} began", f"the rollback to {prev} may be incomplete, its health is "
                                     "unknown")
-            self.emit("fail", host, c.service, text, wave)
-            self.outcome(c, "failed", text)
+            self.emit(EventKind.FAIL, host, c.service, text, wave)
+            self.outcome(c, Result.FAILED, text)
         else:
-            self.set_status(host, c.service, "failed")
-            self.emit("fail", host, c.service, f"rollback to {prev} failed: {detail2}", wave)
-            self.outcome(c, "failed", f"{detail}; rollback to {prev} failed: {detail2}")
+            self.set_status(host, c.service, RecordStatus.FAILED)
+            self.emit(EventKind.FAIL, host, c.service, f"rollback to {prev} failed: {detail2}", wave)
+            self.outcome(c, Result.FAILED, f"{detail}; rollback to {prev} failed: {detail2}")
 
     def _binary_sha(self, host: str, service_dir: str, version: str, service: str) -> str:
         res = self.session.run(host, f"sha256sum {shlex.quote(f'{service_dir}/releases/{version}/{service}')}")
@@ -603,14 +605,14 @@ class Applier:
         for c in changes:
             job = jobs[c.host]
             if not job.successful():
-                self.emit("fail", c.host, c.service, f"unexpected error: {job.exception}")
-                self.outcome(c, "failed", str(job.exception))
+                self.emit(EventKind.FAIL, c.host, c.service, f"unexpected error: {job.exception}")
+                self.outcome(c, Result.FAILED, str(job.exception))
         return self.result
 
     def _rollback_one(self, c: Change) -> None:
         d = self.run.desired[c.host][c.service]
         target, current = c.to_version or "", c.from_version or ""
-        self.emit("rollback", c.host, c.service, f"switching {current} → {target}")
+        self.emit(EventKind.ROLLBACK, c.host, c.service, f"switching {current} → {target}")
         q = shlex.quote
         ok, out = self.sh(c.host, "set -e\n" + _switch_script(d.service_dir, d.service, target, d.unit_name,
                                                               d.unit_path, d.config_path))
@@ -629,16 +631,16 @@ class Applier:
                           "previous_version": previous_for(rec, target, self._kept(c.host, c.service)),
                           "sha256": self._binary_sha(c.host, d.service_dir, target, d.service)}
                 if rec is None:
-                    self.record(d, "applied", None, version=target)
-                self.set_status(c.host, c.service, "applied", **fields)
-            self.emit("ok", c.host, c.service, f"rolled back to {target}, healthy ({detail})")
-            self.outcome(c, "replaced", f"rollback to {target}: {detail}")
+                    self.record(d, RecordStatus.APPLIED, None, version=target)
+                self.set_status(c.host, c.service, RecordStatus.APPLIED, **fields)
+            self.emit(EventKind.OK, c.host, c.service, f"rolled back to {target}, healthy ({detail})")
+            self.outcome(c, Result.REPLACED, f"rollback to {target}: {detail}")
             return
-        self.emit("fail", c.host, c.service, f"{target} is not healthy ({detail}); switching back to {current}")
+        self.emit(EventKind.FAIL, c.host, c.service, f"{target} is not healthy ({detail}); switching back to {current}")
         self.sh(c.host, "set -e\n" + _switch_script(d.service_dir, d.service, current, d.unit_name, d.unit_path,
                                                     d.config_path)
                 + f"\nsystemctl restart {JOB_MODE} {q(d.unit_name)}")
-        self.outcome(c, "failed", f"{target} failed its health check ({detail}); back on {current}")
+        self.outcome(c, Result.FAILED, f"{target} failed its health check ({detail}); back on {current}")
 
     # --- delete and prune ------------------------------------------------------------------------
     def delete(self, host: str, c: Change) -> bool:
@@ -648,8 +650,8 @@ class Applier:
         problem = ownership.record_problem(c.service, rec)
         if problem:   # a hand-edited state: nothing is touched on the host
             out = f"refused: {problem}"
-            self.emit("fail", host, c.service, f"delete failed: {out}", c.wave)
-            self.outcome(c, "failed", out)
+            self.emit(EventKind.FAIL, host, c.service, f"delete failed: {out}", c.wave)
+            self.outcome(c, Result.FAILED, out)
             return False
         owned = self.state.owned.get(host, [])
         unused = [o.name for o in owned if o.kind == "dir" and o.role == "shared" and o.services in ([], [c.service])]
@@ -659,11 +661,11 @@ class Applier:
             kept = [name for _, name in ownership.parse_marks(out, "KEPT")]
             self.forget(host, c.service, removed)
             note = "; kept " + ", ".join(kept) + " (not recon's alone)" if kept else ""
-            self.emit("ok", host, c.service, f"deleted (its data directory is kept{note})", c.wave)
-            self.outcome(c, "deleted", note.lstrip("; "))
+            self.emit(EventKind.OK, host, c.service, f"deleted (its data directory is kept{note})", c.wave)
+            self.outcome(c, Result.DELETED, note.lstrip("; "))
             return True
-        self.emit("fail", host, c.service, f"delete failed: {out}", c.wave)
-        self.outcome(c, "failed", out)
+        self.emit(EventKind.FAIL, host, c.service, f"delete failed: {out}", c.wave)
+        self.outcome(c, Result.FAILED, out)
         return False
 
     def prune(self, host: str, d: DesiredService) -> None:
@@ -744,9 +746,9 @@ def _switch_script(service_dir: str, service: str, version: str, unit_name: str,
 
 
 def _ver(c: Change) -> str:
-    if c.action == "replace" and c.from_version and c.to_version:
+    if c.action == Action.REPLACE and c.from_version and c.to_version:
         return f" {c.from_version} → {c.to_version}"
-    if c.action == "create" and c.to_version:
+    if c.action == Action.CREATE and c.to_version:
         return f" {c.to_version}"
     return ""
 

@@ -4,11 +4,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    WAVE = "wave"            # a wave starts on a host
+    STEP = "step"            # one step of a change (shown with --verbose)
+    OK = "ok"
+    FAIL = "fail"
+    ROLLBACK = "rollback"
+    SKIP = "skip"
+    BATCH = "batch"          # a batch of hosts starts
+    INFO = "info"
+    WAIT = "wait"            # a health gate is still waiting (elapsed time, last answer)
+
+
+class Result(StrEnum):
+    """How one planned change ended (history and the apply summary carry the value)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    REPLACED = "replaced"
+    RESTARTED = "restarted"
+    RELOADED = "reloaded"
+    DELETED = "deleted"
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass
 class Event:
-    kind: str            # wave | step | ok | fail | rollback | skip | batch | info
+    kind: EventKind
     host: str = ""
     service: str = ""
     message: str = ""
@@ -19,8 +46,7 @@ class Event:
 class Outcome:
     address: str
     action: str
-    # created | updated | replaced | restarted | reloaded | deleted | rolled-back | failed | skipped
-    result: str
+    result: Result
     detail: str = ""
     from_version: str | None = None
     to_version: str | None = None
@@ -33,7 +59,8 @@ class ApplyResult:
 
     @property
     def failed(self) -> bool:
-        return any(o.result in ("failed", "rolled-back") for o in self.outcomes) or self.stopped is not None
+        return (any(o.result in (Result.FAILED, Result.ROLLED_BACK) for o in self.outcomes)
+                or self.stopped is not None)
 
-    def count(self, result: str) -> int:
+    def count(self, result: Result) -> int:
         return sum(1 for o in self.outcomes if o.result == result)

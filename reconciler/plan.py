@@ -12,23 +12,69 @@ services that differ.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
 from reconciler.desired import MANAGED_HEADER, SECRET_MASK, UNIT_KEYS, DesiredService, parse_unit
 from reconciler.observe import ObservedHost, ObservedService
 from reconciler.ownership import Resource, plan_host, record_problem
-from reconciler.state import ServiceRecord, State
+from reconciler.state import RecordStatus, ServiceRecord, State
 from reconciler.waves import waves_of
 
 FORMAT_VERSION = 1
-ACTIONS = ("create", "update", "replace", "delete", "restart", "reload")
+
+
+class Action(StrEnum):
+    """What a change does to a service (the plan JSON carries the value)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+    RESTART = "restart"
+    RELOAD = "reload"
+    NONE = "none"            # differs only in fields under ignore_drift: never applied, never shown
+
+
+class Effect(StrEnum):
+    """What a change does to the running process."""
+
+    START = "start"
+    RESTART = "restart"
+    RELOAD = "reload"
+    STOP = "stop"
+    DAEMON_RELOAD = "daemon-reload"
+    NONE = "none"
+
+
+class Kind(StrEnum):
+    """Why a field differs: the spec moved (`desired`), or the host moved away from what recon applied."""
+
+    DESIRED = "desired"
+    DRIFT = "drift"
+
+
+class Part(StrEnum):
+    """Which part of a service a field belongs to; apply and the plan's decisions branch on it."""
+
+    RELEASE = "release"      # version, artifact
+    CONFIG = "config"
+    UNIT = "unit"
+    DROPIN = "dropin"        # a drop-in recon did not write
+    SECRETS = "secrets"
+    LIVE = "live"            # a limit systemd applies at run time (`systemctl set-property`)
+    RUNTIME = "runtime"      # the unit's state, health, running version, enablement, last apply
+
+
+ACTIONS = tuple(a for a in Action if a != Action.NONE)
 ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
 
 # Limits systemd applies at run time (`systemctl set-property`): systemctl-show property → unit key.
@@ -43,11 +89,17 @@ _RUNTIME_PATHS = ("state", "health", "running_version", "last_apply", "enabled")
 
 @dataclass
 class FieldChange:
-    path: str
+    path: str                      # shown and in the JSON: `config.a.b`, `limits.memory_max (live MemoryMax)`
     before: Any
     after: Any
-    kind: str = "desired"          # desired | drift
+    kind: Kind = Kind.DESIRED
     sensitive: bool = False
+    part: Part = Part.UNIT
+    spec_path: str | None = None   # the spec path when `path` says more (a live limit): what ignore_drift matches
+
+    @property
+    def key(self) -> str:
+        return self.spec_path or self.path
 
 
 @dataclass
@@ -55,9 +107,9 @@ class Change:
     address: str
     host: str
     service: str
-    action: str
+    action: Action
     reason: str
-    effect: str                    # start | restart | reload | stop | daemon-reload | none
+    effect: Effect
     wave: int = 0
     fields: list[FieldChange] = field(default_factory=list)
     drift: bool = False
@@ -65,8 +117,19 @@ class Change:
     to_version: str | None = None
 
     @property
-    def kinds(self) -> set[str]:
+    def kinds(self) -> set[Kind]:
         return {f.kind for f in self.fields}
+
+
+def _typed(d: dict[str, Any], **enums: type[StrEnum]) -> dict[str, Any]:
+    """`d` with the named string values read back as their enums (a value this recon does not know stays
+    a plain string, so an older or newer plan file still reads)."""
+    out = dict(d)
+    for key, enum in enums.items():
+        if key in out:
+            with contextlib.suppress(ValueError):
+                out[key] = enum(out[key])
+    return out
 
 
 def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,8 +177,9 @@ class Plan:
         """Read a plan back (from `to_dict` or the JSON form); keys this recon does not know are ignored."""
         changes = []
         for c in d.get("changes") or []:
-            fields = [FieldChange(**_known(FieldChange, f)) for f in c.get("fields") or []]
-            changes.append(Change(**{**_known(Change, c), "fields": fields}))
+            fields = [FieldChange(**_typed(_known(FieldChange, f), kind=Kind, part=Part))
+                      for f in c.get("fields") or []]
+            changes.append(Change(**{**_typed(_known(Change, c), action=Action, effect=Effect), "fields": fields}))
         resources = [Resource(**_known(Resource, r)) for r in d.get("resources") or []]
         rest = {k: v for k, v in _known(cls, d).items() if k not in ("changes", "resources")}
         return cls(changes=changes, resources=resources, **rest)
@@ -331,7 +395,7 @@ def _show_live(key: str, v: int | str) -> str:
     return _human(v)
 
 
-def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, Any]]:
+def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, str, Any, Any]]:
     """Limits changed at run time (`systemctl set-property`): the running value differs from what the
     unit file on the host and its drop-ins say. (A limit changed in the file itself is a unit change,
     and one set by a drop-in is that drop-in's change, not this.)"""
@@ -341,7 +405,7 @@ def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, 
     want = unit_limits(d.unit_text)
     effective = o.unit_text + "".join("\n" + t for t in _dropins_in_order(o)) if o.dropins else o.unit_text
     seen = want if effective == d.unit_text else unit_limits(effective)
-    out: list[tuple[str, Any, Any]] = []
+    out: list[tuple[str, str, Any, Any]] = []
     for prop, key in LIVE_PROPS:
         raw = props.get(prop)
         if not raw:
@@ -358,7 +422,7 @@ def _live_limits(d: DesiredService, o: ObservedService) -> list[tuple[str, Any, 
         if file_value is None or live == file_value:
             continue
         after = want[key][0] if key in want else None
-        out.append((f"{UNIT_KEYS[key]} (live {key})", _show_live(key, live), after))
+        out.append((f"{UNIT_KEYS[key]} (live {key})", UNIT_KEYS[key], _show_live(key, live), after))
     return out
 
 
@@ -403,7 +467,8 @@ def _dropins_in_order(o: ObservedService) -> list[str]:
 
 def _dropin_fields(o: ObservedService) -> list[FieldChange]:
     """Each drop-in recon finds for its unit: drift (recon never writes one), removed by apply."""
-    return sorted((FieldChange(dropin_field(p), dropin_summary(t), None, "drift") for p, t in o.dropins.items()),
+    return sorted((FieldChange(dropin_field(p), dropin_summary(t), None, Kind.DRIFT, part=Part.DROPIN)
+                   for p, t in o.dropins.items()),
                   key=lambda f: f.path)
 
 
@@ -439,29 +504,30 @@ def _fast_converged(d: DesiredService, o: ObservedService, salt: str) -> bool:
     )
 
 
-def _kind(record: ServiceRecord | None, observed_value: Any, recorded_value: Any) -> str:
+def _kind(record: ServiceRecord | None, observed_value: Any, recorded_value: Any) -> Kind:
     """drift when recon applied something and the host no longer shows it."""
-    if record is None or record.status == "in-progress":
-        return "desired"
-    return "drift" if observed_value != recorded_value else "desired"
+    if record is None or record.status == RecordStatus.IN_PROGRESS:
+        return Kind.DESIRED
+    return Kind.DRIFT if observed_value != recorded_value else Kind.DESIRED
 
 
 def _applied(record: ServiceRecord | None) -> bool:
-    return record is not None and record.status == "applied"
+    return record is not None and record.status == RecordStatus.APPLIED
 
 
 def _create(d: DesiredService, record: ServiceRecord | None, o: ObservedService | None = None) -> Change:
-    fields = [FieldChange("version", None, d.version), FieldChange("artifact.sha256", None, d.sha256),
-              FieldChange("config", None, "(new file)"), FieldChange("unit", None, "(new unit)")]
+    fields = [FieldChange("version", None, d.version, part=Part.RELEASE),
+              FieldChange("artifact.sha256", None, d.sha256, part=Part.RELEASE),
+              FieldChange("config", None, "(new file)", part=Part.CONFIG), FieldChange("unit", None, "(new unit)")]
     if d.secret_names:
-        fields.append(FieldChange("secrets", None, SECRET_MASK, sensitive=True))
+        fields.append(FieldChange("secrets", None, SECRET_MASK, sensitive=True, part=Part.SECRETS))
     drift = _applied(record)
     for f in fields:
-        f.kind = "drift" if drift else "desired"
+        f.kind = Kind.DRIFT if drift else Kind.DESIRED
     if o is not None and o.dropins:     # drop-ins left for a unit that is gone would apply to the new one
         fields += [f for f in _dropin_fields(o) if not _ignored(f.path, d.ignore_drift)]
     reason = "service is not on the host" + (" (removed outside recon)" if drift else "")
-    return Change(d.address, d.host, d.service, "create", reason, "start", fields=fields, drift=drift,
+    return Change(d.address, d.host, d.service, Action.CREATE, reason, Effect.START, fields=fields, drift=drift,
                   to_version=d.version)
 
 
@@ -480,7 +546,7 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
         confirm = _unconfirmed(d, o, record, salt)
         if confirm is None or refresh_only:
             return None
-        return Change(d.address, d.host, d.service, "restart", _CONFIRM_REASON, "restart", fields=[confirm],
+        return Change(d.address, d.host, d.service, Action.RESTART, _CONFIRM_REASON, Effect.RESTART, fields=[confirm],
                       from_version=o.current, to_version=d.version)
 
     fields: list[FieldChange] = []
@@ -489,10 +555,10 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     # release: version and binary
     if o.current != d.version:
         fields.append(FieldChange("version", o.current, d.version,
-                                  _kind(rec, o.current, rec.version if rec else None)))
+                                  _kind(rec, o.current, rec.version if rec else None), part=Part.RELEASE))
     elif o.binary_sha != d.sha256:
         fields.append(FieldChange("artifact.sha256", o.binary_sha, d.sha256,
-                                  _kind(rec, o.binary_sha, rec.sha256 if rec else None)))
+                                  _kind(rec, o.binary_sha, rec.sha256 if rec else None), part=Part.RELEASE))
     # config by TOML key
     if o.config_text != d.config_text:
         fields += _config_fields(d, o, rec)
@@ -505,11 +571,11 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     if o.env_hash != want_env:
         kind = _kind(rec, o.env_hash, rec.env_hash if rec else None)
         fields.append(FieldChange("secrets", SECRET_MASK if o.env_hash else None,
-                                  SECRET_MASK if want_env else None, kind, sensitive=True))
+                                  SECRET_MASK if want_env else None, kind, sensitive=True, part=Part.SECRETS))
     # run-time facts
-    runtime_kind = "drift" if applied else "desired"
-    for path, b, a in _live_limits(d, o):
-        fields.append(FieldChange(path, b, a, runtime_kind))
+    runtime_kind = Kind.DRIFT if applied else Kind.DESIRED
+    for path, spec_path, b, a in _live_limits(d, o):
+        fields.append(FieldChange(path, b, a, runtime_kind, part=Part.LIVE, spec_path=spec_path))
     props = o.props
     if o.unit_text == d.unit_text and props.get("NeedDaemonReload") == "yes":
         fields.append(FieldChange("unit.loaded", "outdated (daemon-reload pending)", "current", runtime_kind))
@@ -517,15 +583,16 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     if active != "active":
         sub = props.get("SubState", "")
         fields.append(FieldChange("state", f"{active}" + (f" ({sub})" if sub and sub != active else ""),
-                                  "active", runtime_kind))
+                                  "active", runtime_kind, part=Part.RUNTIME))
     elif not _healthy(d, o):
         assert o.health is not None
-        fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind))
+        fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind,
+                                  part=Part.RUNTIME))
     if props.get("UnitFileState", "enabled") not in ("enabled", ""):
-        fields.append(FieldChange("enabled", props.get("UnitFileState"), "enabled", runtime_kind))
+        fields.append(FieldChange("enabled", props.get("UnitFileState"), "enabled", runtime_kind, part=Part.RUNTIME))
     running = o.running_version
     if active == "active" and running is not None and running != d.version and o.current == d.version:
-        fields.append(FieldChange("running_version", running, d.version, runtime_kind))
+        fields.append(FieldChange("running_version", running, d.version, runtime_kind, part=Part.RUNTIME))
     if not any(f.path in _RUNTIME_PATHS[:3] for f in fields):     # no restart planned yet
         confirm = _unconfirmed(d, o, rec, salt)
         if confirm is not None:
@@ -535,18 +602,18 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     kept: list[FieldChange] = []
     ignored = False
     for f in fields:
-        if f.kind == "drift" and d.ignore_drift and _ignored(f.path, d.ignore_drift):
+        if f.kind == Kind.DRIFT and d.ignore_drift and _ignored(f.key, d.ignore_drift):
             ignored = True
             continue
         kept.append(f)
     if refresh_only:
-        kept = [f for f in kept if f.kind == "drift"]
+        kept = [f for f in kept if f.kind == Kind.DRIFT]
     if not kept:
-        return Change(d.address, d.host, d.service, "none", "", "none") if ignored else None
+        return Change(d.address, d.host, d.service, Action.NONE, "", Effect.NONE) if ignored else None
 
     action, effect, reason = _decide(d, o, kept)
     return Change(d.address, d.host, d.service, action, reason, effect, fields=kept,
-                  drift=any(f.kind == "drift" for f in kept), from_version=o.current, to_version=d.version)
+                  drift=any(f.kind == Kind.DRIFT for f in kept), from_version=o.current, to_version=d.version)
 
 
 _CONFIRM_REASON = "the last apply did not finish: restart to confirm it (health-gated)"
@@ -559,40 +626,40 @@ def _unconfirmed(d: DesiredService, o: ObservedService, rec: ServiceRecord | Non
     files (killed after writing them, before recording). Whether the running process loaded them is
     unknown: a confirming restart, health-gated, settles it. Without a record (a host set up by hand)
     there is nothing to confirm."""
-    if rec is None or rec.status not in ("in-progress", "applied"):
+    if rec is None or rec.status not in (RecordStatus.IN_PROGRESS, RecordStatus.APPLIED):
         return None
     want_env = d.secrets_hash(salt)
     if not (o.current == d.version and o.binary_sha == d.sha256 and o.config_text == d.config_text
             and o.unit_text == d.unit_text and o.env_hash == want_env):
         return None                      # the files differ: the plan changes them (and restarts) anyway
-    if rec.status == "in-progress":
-        return FieldChange("last_apply", "interrupted", "confirmed")
+    if rec.status == RecordStatus.IN_PROGRESS:
+        return FieldChange("last_apply", "interrupted", "confirmed", part=Part.RUNTIME)
     if (rec.version, rec.sha256, rec.config_text, rec.unit_text, rec.env_hash) == (
             d.version, d.sha256, d.config_text, d.unit_text, want_env):
         return None
-    return FieldChange("last_apply", "not recorded", "confirmed")
+    return FieldChange("last_apply", "not recorded", "confirmed", part=Part.RUNTIME)
 
 
 def _config_fields(d: DesiredService, o: ObservedService, rec: ServiceRecord | None) -> list[FieldChange]:
     whole = _kind(rec, o.config_text, rec.config_text if rec else None)
     if o.config_text is None:
-        return [FieldChange("config", None, "(new file)", whole)]
+        return [FieldChange("config", None, "(new file)", whole, part=Part.CONFIG)]
     before = parse_config(_strip_header(o.config_text))
     if before is None:
-        return [FieldChange("config", "(not valid TOML)", "(rendered from the spec)", whole)]
+        return [FieldChange("config", "(not valid TOML)", "(rendered from the spec)", whole, part=Part.CONFIG)]
     after = parse_config(_strip_header(d.config_text))
     if after is None:          # cannot happen with a rendered config; compare with the spec's data
         after = d.config
     diff = _config_diff(before, after)
     if not diff:               # same data, different text (comments, order, formatting)
-        return [FieldChange("config", "(edited text)", "(rendered from the spec)", whole)]
-    recorded = parse_config(_strip_header(rec.config_text)) if whole == "drift" and rec else None
+        return [FieldChange("config", "(edited text)", "(rendered from the spec)", whole, part=Part.CONFIG)]
+    recorded = parse_config(_strip_header(rec.config_text)) if whole == Kind.DRIFT and rec else None
     out = []
     for keys, b, a in diff:
         kind = whole
         if recorded is not None:   # a key drifted when the host's value is not the one recon applied
-            kind = "drift" if not _same(_dig(recorded, keys), _dig(before, keys)) else "desired"
-        out.append(FieldChange("config." + ".".join(keys), b, a, kind))
+            kind = Kind.DRIFT if not _same(_dig(recorded, keys), _dig(before, keys)) else Kind.DESIRED
+        out.append(FieldChange("config." + ".".join(keys), b, a, kind, part=Part.CONFIG))
     return out
 
 
@@ -603,14 +670,14 @@ def _unit_fields(d: DesiredService, o: ObservedService, rec: ServiceRecord | Non
     seen = o.unit_text
     if o.current and o.current != d.version:
         seen = seen.replace(f"/releases/{o.current}/", f"/releases/{d.version}/")
-    recorded = _unit(rec.unit_text) if whole == "drift" and rec and rec.unit_text else None
+    recorded = _unit(rec.unit_text) if whole == Kind.DRIFT and rec and rec.unit_text else None
     observed = _unit(o.unit_text)
     out = []
     for label, key, b, a in _unit_diff(seen, d.unit_text):
         kind = whole
         if recorded is not None:   # a key drifted when the host's line is not the one recon applied
-            kind = "drift" if recorded.get(key) != observed.get(key) else "desired"
-        out.append(FieldChange(label, b, a, kind))
+            kind = Kind.DRIFT if recorded.get(key) != observed.get(key) else Kind.DESIRED
+        out.append(FieldChange(label, b, a, kind, spec_path=UNIT_KEYS.get(key)))
     return out
 
 
@@ -626,52 +693,53 @@ def _dig(d: Any, keys: tuple[str, ...]) -> Any:
 
 
 def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
-    """`limits` covers `limits.memory_max (live MemoryMax)`; `unit.dropin` covers every
+    """`limits` covers `limits.memory_max` (a live limit's `spec_path` too); `unit.dropin` covers every
     `unit.dropin[NAME]`, and `unit.dropin[NAME]` that one drop-in."""
-    base = path if path.startswith(DROPIN_FIELD + "[") else path.split(" (", 1)[0]
-    return any(base == p or base.startswith(p + ".") or base.startswith(p + "[") for p in patterns)
+    return any(path == p or path.startswith(p + ".") or path.startswith(p + "[") for p in patterns)
 
 
-def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) -> tuple[str, str, str]:
-    paths = [f.path for f in fields]
+def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) -> tuple[Action, Effect, str]:
+    """The action, its effect on the process, and the reason, from the parts the fields belong to."""
 
     def words(f: FieldChange) -> str:
         if f.sensitive:
             return f"{f.path} changed"
         if f.path == "version":
             return f"version {f.before} → {f.after}"
-        if f.path.startswith(DROPIN_FIELD + "[") and f.after is None:
+        if f.part == Part.DROPIN and f.after is None:
             return f"drop-in {f.path[len(DROPIN_FIELD) + 1:-1]} ({_short(f.before)}) to be removed"
-        return f"{f.path.split(' (')[0]} {_short(f.before)} → {_short(f.after)}"
+        return f"{f.key} {_short(f.before)} → {_short(f.after)}"
 
-    drift_note = " (changed outside recon)" if any(f.kind == "drift" for f in fields) else ""
-    if "version" in paths:
-        return "replace", "restart", words(next(f for f in fields if f.path == "version"))
-    if "artifact.sha256" in paths:
-        return "replace", "restart", "binary differs from the artifact" + drift_note
-    live_fields = [f for f in fields if "(live " in f.path]
-    runtime = [f for f in fields if f.path in _RUNTIME_PATHS]
-    file_fields = [f for f in fields if f not in live_fields and f not in runtime]
+    drift_note = " (changed outside recon)" if any(f.kind == Kind.DRIFT for f in fields) else ""
+    release = [f for f in fields if f.part == Part.RELEASE]
+    if release:
+        version = next((f for f in release if f.path == "version"), None)
+        if version is not None:
+            return Action.REPLACE, Effect.RESTART, words(version)
+        return Action.REPLACE, Effect.RESTART, "binary differs from the artifact" + drift_note
+    live_fields = [f for f in fields if f.part == Part.LIVE]
+    runtime = [f for f in fields if f.part == Part.RUNTIME]
+    file_fields = [f for f in fields if f.part not in (Part.LIVE, Part.RUNTIME)]
     if file_fields:
-        unit_touched = any(not f.path.startswith("config") for f in file_fields)
-        if not unit_touched and d.reload_signal and not runtime:
-            return "reload", "reload", _reason(file_fields, words) + drift_note
-        return "update", "restart", _reason(file_fields, words) + drift_note
+        only_config = all(f.part == Part.CONFIG for f in file_fields)
+        if only_config and d.reload_signal and not runtime:
+            return Action.RELOAD, Effect.RELOAD, _reason(file_fields, words) + drift_note
+        return Action.UPDATE, Effect.RESTART, _reason(file_fields, words) + drift_note
     if live_fields and not runtime:
-        return "update", "daemon-reload", _reason(live_fields, words) + " (set at run time)"
+        return Action.UPDATE, Effect.DAEMON_RELOAD, _reason(live_fields, words) + " (set at run time)"
     f = min(runtime, key=lambda x: _RUNTIME_PATHS.index(x.path))
     if f.path == "last_apply":
-        return "restart", "restart", _CONFIRM_REASON
+        return Action.RESTART, Effect.RESTART, _CONFIRM_REASON
     if f.path == "state":
-        return "restart", "restart", f"unit is {f.before}"
+        return Action.RESTART, Effect.RESTART, f"unit is {f.before}"
     if f.path == "health":
-        return "restart", "restart", f"health check fails ({f.before})"
+        return Action.RESTART, Effect.RESTART, f"health check fails ({f.before})"
     if f.path == "running_version":
-        return "restart", "restart", f"running {f.before}, installed {f.after}"
+        return Action.RESTART, Effect.RESTART, f"running {f.before}, installed {f.after}"
     # only "enabled" (maybe with run-time limits): nothing to restart
     if live_fields:
-        return "update", "daemon-reload", _reason([*live_fields, f], words)
-    return "update", "none", f"unit is {f.before}, not enabled"
+        return Action.UPDATE, Effect.DAEMON_RELOAD, _reason([*live_fields, f], words)
+    return Action.UPDATE, Effect.NONE, f"unit is {f.before}, not enabled"
 
 
 def _reason(fields: list[FieldChange], words: Any) -> str:
@@ -716,7 +784,7 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
                                   refresh_only)
             if change is None:
                 continue
-            if change.action == "none":
+            if change.action == Action.NONE:
                 plan.ignored_drift.append(change.address)
                 continue
             change.wave = wave_of.get(name, 0)
@@ -729,14 +797,15 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
             if o is not None and not o.exists:
                 continue
             installed = o.current if o is not None and o.current else rec.version
-            plan.changes.append(Change(f"{host}/{name}", host, name, "delete", "no longer in the spec", "stop",
+            plan.changes.append(Change(f"{host}/{name}", host, name, Action.DELETE, "no longer in the spec",
+                                       Effect.STOP,
                                        wave=len(plan.waves) + 1,
                                        fields=[FieldChange("version", installed, None)],
                                        from_version=installed))
             if problem := record_problem(name, rec):
                 plan.refused.append(f"{host}/{name}: not deleting it: {problem} (was recon's state edited by hand?)")
         if not refresh_only:
-            actions = {c.service: c.action for c in plan.changes if c.host == host and c.action != "delete"}
+            actions = {c.service: c.action for c in plan.changes if c.host == host and c.action != Action.DELETE}
             if actions:
                 resources, refused = plan_host(host, svcs, actions, obs, state.owned.get(host, []), records)
                 plan.resources += resources

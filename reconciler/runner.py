@@ -234,6 +234,7 @@ def settle_records(run: Any, plan: Plan) -> None:
     """Services that need no change are recorded as applied: a crash after the host converged but
     before the record was written, or a host set up to match the spec, leaves state that now agrees."""
     from reconciler.apply import previous_for, record_of
+    from reconciler.state import RecordStatus
 
     changed = {c.address for c in plan.changes} | set(plan.ignored_drift)
     dirty = False
@@ -246,11 +247,12 @@ def settle_records(run: Any, plan: Plan) -> None:
                 continue
             o = obs.services.get(name)
             rec = run.state.record(host, name)
-            if o is None or not o.exists or (rec is not None and rec.status == "applied"
+            if o is None or not o.exists or (rec is not None and rec.status == RecordStatus.APPLIED
                                               and rec.version == d.version and rec.unit_sha == d.unit_sha
                                               and rec.config_sha == d.config_sha):
                 continue
-            new = record_of(d, run.salt, "applied", previous_for(rec, d.version, o.releases), run.state.serial + 1)
+            new = record_of(d, run.salt, RecordStatus.APPLIED, previous_for(rec, d.version, o.releases),
+                            run.state.serial + 1)
             new.created_dirs = rec.created_dirs if rec else []    # adopted as found: recon created nothing
             run.state.hosts.setdefault(host, {})[name] = new
             dirty = True
@@ -262,7 +264,7 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
     """Switch a service back to a kept release on its hosts, health-gated, recorded in state."""
     from reconciler import pipeline
     from reconciler.apply import Applier
-    from reconciler.plan import Change, FieldChange, Plan
+    from reconciler.plan import Action, Change, Effect, FieldChange, Part, Plan
     from reconciler.state import StateStore
     from reconciler.transport import Session
 
@@ -295,8 +297,9 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
                     result.already.append(f"{h}/{service} already runs {target}")
                     continue
                 result.target = target
-                changes.append(Change(f"{h}/{service}", h, service, "replace", f"rollback {current} → {target}",
-                                      "restart", fields=[FieldChange("version", current, target)],
+                changes.append(Change(f"{h}/{service}", h, service, Action.REPLACE, f"rollback {current} → {target}",
+                                      Effect.RESTART, fields=[FieldChange("version", current, target,
+                                                                          part=Part.RELEASE)],
                                       from_version=current, to_version=target))
             if changes:
                 applier = Applier(run, Plan(changes=changes), session, on_event, command="rollback")

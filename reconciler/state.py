@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
+class RecordStatus(StrEnum):
+    """How far recon got with a service's last change (the state file carries the value)."""
+
+    APPLIED = "applied"            # healthy on this release
+    IN_PROGRESS = "in-progress"    # switched, not yet confirmed healthy (a crash here is confirmed next time)
+    FAILED = "failed"
+    ROLLED_BACK = "rolled-back"    # back on its last healthy release after a failed gate
+
+
 @dataclass
 class ServiceRecord:
     """What recon last applied for one service on one host (never a secret value)."""
@@ -64,7 +74,7 @@ class ServiceRecord:
     env_path: str
     depends_on: list[str] = field(default_factory=list)
     previous_version: str | None = None
-    status: str = "applied"         # applied | in-progress | failed | rolled-back
+    status: RecordStatus = RecordStatus.APPLIED
     applied_at: str = ""
     serial: int = 0
     # directories recon created for this service alone (its service dir, `releases`); None: recorded
@@ -77,6 +87,8 @@ class ServiceRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServiceRecord:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "status" in known:
+            known["status"] = RecordStatus(known["status"])
         return cls(**known)
 
 
@@ -122,6 +134,7 @@ _TYPE_CHECKS: dict[str, tuple[str, Any]] = {  # ServiceRecord's annotations (str
     "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "RecordStatus": ("one of " + ", ".join(RecordStatus), lambda v: v in {str(x) for x in RecordStatus}),
     "list[str] | None": ("a list of strings or null",
                          lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))),
 }

@@ -145,7 +145,7 @@ def test_json_round_trips_and_has_format_version_first() -> None:
     first = doc["changes"][0]
     assert list(first)[:9] == ["address", "host", "service", "action", "effect", "reason", "wave", "drift",
                                "from_version"]
-    assert set(first["fields"][0]) == {"path", "before", "after", "kind", "sensitive"}
+    assert set(first["fields"][0]) == {"path", "before", "after", "kind", "sensitive", "part", "spec_path"}
     assert render_json(plan) == text  # stable
     assert render(plan, "json") == text
 
@@ -154,7 +154,8 @@ def test_json_handles_non_json_values() -> None:
     plan = Plan(changes=[change("a", "update", FieldChange("config.x", float("nan"), {1: (1, 2)}))])
     doc = json.loads(render_json(plan))
     assert doc["changes"][0]["fields"][0] == {"path": "config.x", "before": "nan", "after": {"1": [1, 2]},
-                                              "kind": "desired", "sensitive": False}
+                                              "kind": "desired", "sensitive": False, "part": "unit",
+                                              "spec_path": None}
 
 
 # ----------------------------------------------------------------------------------------- Markdown
@@ -284,7 +285,7 @@ def test_text_is_as_wide_as_the_terminal_and_unwrapped_in_a_pipe(monkeypatch: py
 
 def test_progress_shows_a_waiting_health_gate_every_few_seconds_off_a_terminal(monkeypatch: pytest.MonkeyPatch
                                                                                ) -> None:
-    from reconciler.outcome import Event
+    from reconciler.outcome import Event, EventKind
     from reconciler.render import progress
 
     clock = iter([0.0, 0.5, 1.0, 3.0, 6.5, 7.0, 8.0]).__next__
@@ -293,8 +294,8 @@ def test_progress_shows_a_waiting_health_gate_every_few_seconds_off_a_terminal(m
     p = progress.Progress(color=False, file=buf, live=False)                      # t0 = 0.0
     for msg in ("waiting for health: HTTP 503 (0s)", "waiting for health: HTTP 503 (1s)",
                 "waiting for health: HTTP 503 (3s)", "waiting for health: HTTP 503 (6s)"):
-        p(Event("wait", "node1", "control-center", msg))                          # 0.5, 1.0, 3.0, 6.5
-    p(Event("ok", "node1", "control-center", "updated, healthy (HTTP 200 after 7s)"))   # 7.0
+        p(Event(EventKind.WAIT, "node1", "control-center", msg))                          # 0.5, 1.0, 3.0, 6.5
+    p(Event(EventKind.OK, "node1", "control-center", "updated, healthy (HTTP 200 after 7s)"))   # 7.0
     out = buf.getvalue().splitlines()
     waits = [ln for ln in out if "waiting for health" in ln]
     assert [w.split("(")[-1] for w in waits] == ["0s)", "6s)"]        # the first, then one 5 s later
@@ -303,14 +304,14 @@ def test_progress_shows_a_waiting_health_gate_every_few_seconds_off_a_terminal(m
 
 
 def test_progress_live_wait_lines_vanish_when_the_gate_ends() -> None:
-    from reconciler.outcome import Event
+    from reconciler.outcome import Event, EventKind
     from reconciler.render.progress import Progress
 
     buf = io.StringIO()
     p = Progress(color=True, file=buf, live=True)
-    p(Event("wait", "node1", "api", "waiting for health: no answer (2s)"))
+    p(Event(EventKind.WAIT, "node1", "api", "waiting for health: no answer (2s)"))
     assert p.live is not None and "node1/api" in next(iter(p.waiting.values()))
-    p(Event("ok", "node1", "api", "created, healthy"))
+    p(Event(EventKind.OK, "node1", "api", "created, healthy"))
     assert p.live is None and not p.waiting
     assert "created, healthy" in buf.getvalue()
 

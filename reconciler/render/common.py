@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.plan import ACTIONS, Change, FieldChange, Plan
+from reconciler.plan import ACTIONS, Action, Change, Effect, FieldChange, Kind, Plan
 
 MASK = "(sensitive)"
 VALUE_LIMIT = 80          # a value longer than this is summarised, never dumped whole
@@ -21,23 +21,23 @@ VALUE_LIMIT = 80          # a value longer than this is summarised, never dumped
 # One mark per action. `±` (replace) follows PRODUCT.md; `↻` is a restart without a change of
 # files; a reload is an in-place change applied by a signal, so it shares `~` with update.
 MARKS: dict[str, str] = {
-    "create": "+",
-    "update": "~",
-    "replace": "±",
-    "delete": "-",
-    "restart": "↻",
-    "reload": "~",
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.REPLACE: "±",
+    Action.DELETE: "-",
+    Action.RESTART: "↻",
+    Action.RELOAD: "~",
 }
 # Field lines: `+` a value appears, `-` a value goes away, `~` a value changes.
 FIELD_MARKS = ("+", "-", "~")
 
 EFFECT_WORDS: dict[str, str] = {
-    "start": "will start",
-    "restart": "will restart",
-    "reload": "will reload (no restart)",
-    "stop": "will stop",
-    "daemon-reload": "will run systemctl daemon-reload (no restart)",
-    "none": "no change to the running process",
+    Effect.START: "will start",
+    Effect.RESTART: "will restart",
+    Effect.RELOAD: "will reload (no restart)",
+    Effect.STOP: "will stop",
+    Effect.DAEMON_RELOAD: "will run systemctl daemon-reload (no restart)",
+    Effect.NONE: "no change to the running process",
 }
 
 DRIFT_WORDS = "drift: changed outside recon"
@@ -52,7 +52,7 @@ def effect_words(effect: str) -> str:
 
 
 def is_drift(change: Change) -> bool:
-    return bool(change.drift) or any(f.kind == "drift" for f in change.fields)
+    return bool(change.drift) or any(f.kind == Kind.DRIFT for f in change.fields)
 
 
 def counts(plan: Plan) -> dict[str, int]:

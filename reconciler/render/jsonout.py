@@ -21,6 +21,8 @@ def _field(f: FieldChange) -> dict[str, Any]:
         "after": jsonable(after),
         "kind": f.kind,
         "sensitive": bool(f.sensitive),
+        "part": f.part,
+        "spec_path": f.spec_path,
     }
 
 

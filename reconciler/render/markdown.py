@@ -12,7 +12,7 @@ import html
 import re
 from collections.abc import Callable
 
-from reconciler.plan import Change, FieldChange, Plan
+from reconciler.plan import Change, FieldChange, Kind, Plan
 from reconciler.render.common import (
     DRIFT_WORDS,
     before_after,
@@ -77,7 +77,7 @@ def _table_head() -> str:
 
 
 def _row(c: Change) -> str:
-    n = sum(1 for f in c.fields if f.kind == "drift")
+    n = sum(1 for f in c.fields if f.kind == Kind.DRIFT)
     drift = ("drift" + (f" ({n} field{'s' if n != 1 else ''})" if n else "")) if is_drift(c) else ""
     return f"| {cell(c.address)} | {cell(mark(c.action) + ' ' + c.action)} | {cell(_reason(c))} | {drift} |\n"
 
@@ -86,7 +86,7 @@ def _diff_line(f: FieldChange) -> str:
     fm = field_mark(f)
     b, a = before_after(f)
     value = a if fm == "+" else b if fm == "-" else f"{b} → {a}"
-    drift = f"   # {DRIFT_WORDS}" if f.kind == "drift" else ""
+    drift = f"   # {DRIFT_WORDS}" if f.kind == Kind.DRIFT else ""
     return f"{fm} {printable(f.path)}: {value}{drift}"
 
 

@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Any
 
-from reconciler.outcome import ApplyResult, Event
+from reconciler.outcome import ApplyResult, Event, EventKind, Result
 
-_STYLE = {"ok": ("✓", "green"), "fail": ("✗", "red"), "rollback": ("↩", "magenta"), "skip": ("·", "dim"),
-          "step": ("…", "dim"), "wave": ("▸", "bold cyan"), "batch": ("▶", "bold"), "info": ("•", "")}
+_STYLE = {EventKind.OK: ("✓", "green"), EventKind.FAIL: ("✗", "red"), EventKind.ROLLBACK: ("↩", "magenta"),
+          EventKind.SKIP: ("·", "dim"), EventKind.STEP: ("…", "dim"), EventKind.WAVE: ("▸", "bold cyan"),
+          EventKind.BATCH: ("▶", "bold"), EventKind.INFO: ("•", "")}
 
 
 WAIT_EVERY_S = 5.0
@@ -35,11 +36,11 @@ class Progress:
         self.live: Any = None
 
     def __call__(self, ev: Event) -> None:
-        if ev.kind == "wait":
+        if ev.kind == EventKind.WAIT:
             self._wait(ev)
             return
         self._done_waiting(f"{ev.host}/{ev.service}")
-        if ev.kind == "step" and not self.verbose:
+        if ev.kind == EventKind.STEP and not self.verbose:
             return
         mark, style = _STYLE.get(ev.kind, ("•", ""))
         where = f"{ev.host}/{ev.service}" if ev.service else ev.host
@@ -77,11 +78,10 @@ def summary_line(result: ApplyResult, command: str = "apply") -> str:
     """The closing count line. A `recon rollback` counts its switched releases as rolled back."""
     if command == "rollback":
         head = "Rollback failed" if result.failed else "Rollback complete"
-        return f"{head}: {result.count('replaced')} rolled back, {result.count('failed')} failed."
-    parts = [f"{result.count(k)} {k}" for k in ("created", "updated", "replaced", "restarted", "reloaded",
-                                                "deleted", "rolled-back", "failed", "skipped")]
+        return f"{head}: {result.count(Result.REPLACED)} rolled back, {result.count(Result.FAILED)} failed."
+    parts = [f"{result.count(r)} {r.replace('-', ' ')}" for r in Result]
     head = "Apply failed" if result.failed else "Apply complete"
-    return f"{head}: " + ", ".join(parts).replace("rolled-back", "rolled back") + "."
+    return f"{head}: " + ", ".join(parts) + "."
 
 
 def print_summary(result: ApplyResult, color: bool, command: str = "apply") -> None:
@@ -89,12 +89,12 @@ def print_summary(result: ApplyResult, color: bool, command: str = "apply") -> N
 
     console = Console(force_terminal=color, no_color=not color, highlight=False, soft_wrap=True)
     console.print()
-    bad = [o for o in result.outcomes if o.result in ("failed", "rolled-back", "skipped")]
+    bad = [o for o in result.outcomes if o.result in (Result.FAILED, Result.ROLLED_BACK, Result.SKIPPED)]
     if bad:
         console.print("What did not go as planned:", style="bold")
         for o in bad:
-            console.print(f"  {o.address}: {o.result} — {o.detail}", style="red" if o.result == "failed" else
-                          "magenta" if o.result == "rolled-back" else "dim", markup=False)
+            console.print(f"  {o.address}: {o.result} — {o.detail}", style="red" if o.result == Result.FAILED else
+                          "magenta" if o.result == Result.ROLLED_BACK else "dim", markup=False)
     if result.stopped:
         console.print(f"Rollout stopped: {result.stopped}", style="red", markup=False)
     console.print(summary_line(result, command), style="bold red" if result.failed else "bold green", markup=False)

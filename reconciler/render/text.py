@@ -17,7 +17,7 @@ import re
 from rich.console import Console
 from rich.text import Text
 
-from reconciler.plan import Change, FieldChange, Plan
+from reconciler.plan import Action, Change, FieldChange, Kind, Plan
 from reconciler.render.common import (
     DRIFT_WORDS,
     VALUE_LIMIT,
@@ -34,12 +34,12 @@ from reconciler.render.common import (
 from reconciler.render.terminal import output_width
 
 ACTION_STYLES: dict[str, str] = {
-    "create": "green",
-    "update": "yellow",
-    "replace": "magenta",
-    "delete": "red",
-    "restart": "cyan",
-    "reload": "cyan",
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.REPLACE: "magenta",
+    Action.DELETE: "red",
+    Action.RESTART: "cyan",
+    Action.RELOAD: "cyan",
 }
 FIELD_STYLES: dict[str, str] = {"+": "green", "-": "red", "~": "yellow"}
 DRIFT_STYLE = "bold bright_blue"
@@ -105,7 +105,7 @@ def _field_lines(f: FieldChange, width: int) -> list[Text]:
     style = FIELD_STYLES[fm]
     b, a = before_after(f, min(VALUE_LIMIT, max(width - len(INDENT_FIELD) - 8, 20)))
     head = Text.assemble(INDENT_FIELD, (fm, style), " ", printable(f.path), ":")
-    drift = Text.assemble("  ", (f"({DRIFT_WORDS})", DRIFT_STYLE)) if f.kind == "drift" else Text()
+    drift = Text.assemble("  ", (f"({DRIFT_WORDS})", DRIFT_STYLE)) if f.kind == Kind.DRIFT else Text()
     if fm == "+":
         body = Text.assemble(" ", (a, style))
     elif fm == "-":
