@@ -154,9 +154,11 @@ class Applier:
         self.on_event(Event(kind, host, service, message, wave))
 
     # --- state -----------------------------------------------------------------------------------
-    def record(self, d: DesiredService, status: RecordStatus, previous: str | None, version: str | None = None) -> None:
+    def record(self, d: DesiredService, status: RecordStatus, previous: str | None, version: str | None = None,
+               in_place: bool = False) -> None:
         with self.lock:
             rec = record_of(d, self.run.salt, status, previous, self.state.serial + 1)
+            rec.in_place = in_place
             if version:
                 rec.version = version
             old = self.state.record(d.host, d.service)
@@ -356,7 +358,8 @@ class Applier:
                     self.outcome(c, Result.FAILED, detail)
                     continue
                 if good:
-                    self.record(d, RecordStatus.APPLIED, self._previous(host, c))
+                    # an in-place change kept the release's earlier files beside it: `recon rollback` undoes it
+                    self.record(d, RecordStatus.APPLIED, self._previous(host, c), in_place=c.action in _SAME_RELEASE)
                     self.prune(host, d)
                     self.emit(EventKind.OK, host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
                     self.outcome(c, _DONE[c.action], detail)
@@ -548,15 +551,7 @@ class Applier:
         if prev != d.version:
             script = _switch_script(d.service_dir, d.service, prev, d.unit_name, d.unit_path, d.config_path)
         else:   # same release: put back the files kept beside it
-            rel = d.release_dir
-            script = "\n".join([
-                f"for f in {q(rel + '/' + d.service + '.toml')} {q(rel + '/' + d.unit_name)} {q(d.env_path)}; do",
-                '  [ -f "$f.prev" ] && mv -f "$f.prev" "$f"',
-                "done",
-                f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path)}.recon-tmp && mv -f {q(d.unit_path)}.recon-tmp "
-                f"{q(d.unit_path)}",
-                "systemctl daemon-reload",
-            ])
+            script = _restore_script(d, ".prev")
         ok, out = self.sh(host, "set -e\n" + script)
         if ok:
             verb = "reload" if c.action == Action.RELOAD else f"restart {JOB_MODE}"
@@ -574,6 +569,7 @@ class Applier:
                                 sha256=self._binary_sha(host, d.service_dir, prev, d.service),
                                 unit_text=old_unit, unit_sha=sha256_text(old_unit),
                                 config_text=old_cfg, config_sha=sha256_text(old_cfg),
+                                env_hash=self._env_hash(host, d), in_place=False,
                                 previous_version=None if prev != d.version else rec.previous_version)
             self.emit(EventKind.ROLLBACK, host, c.service, f"back on {prev}, healthy ({detail2})", wave)
             self.outcome(c, Result.ROLLED_BACK, f"{detail}; rolled back to {prev}")
@@ -593,6 +589,13 @@ class Applier:
         res = self.session.run(host, f"sha256sum {shlex.quote(f'{service_dir}/releases/{version}/{service}')}")
         return res.stdout.split()[0] if res.ok and res.stdout.strip() else ""
 
+    def _env_hash(self, host: str, d: DesiredService) -> str | None:
+        """The salted fingerprint of the env file on the host, as the observation computes it (None: no file)."""
+        q = shlex.quote
+        res = self.session.run(host, f"[ -f {q(d.env_path)} ] || exit 0; "
+                                     f"{{ printf '%s\\000' {q(self.run.salt)}; cat {q(d.env_path)}; }} | sha256sum")
+        return res.stdout.split()[0] if res.ok and res.stdout.strip() else None
+
     def _read_text(self, host: str, path: str) -> str:
         res = self.session.run(host, f"cat {shlex.quote(path)}")
         return res.stdout + "\n" if res.ok and not res.stdout.endswith("\n") else res.stdout
@@ -600,7 +603,8 @@ class Applier:
     # --- recon rollback --------------------------------------------------------------------------
     def rollback(self, changes: list[Change]) -> ApplyResult:
         """Switch each host's service to a kept release (binary, config and unit together)."""
-        jobs = {c.host: gevent.spawn(self._rollback_one, c) for c in changes}
+        jobs = {c.host: gevent.spawn(self._undo_in_place if c.from_version == c.to_version else self._rollback_one, c)
+                for c in changes}
         gevent.joinall(list(jobs.values()))
         for c in changes:
             job = jobs[c.host]
@@ -608,6 +612,38 @@ class Applier:
                 self.emit(EventKind.FAIL, c.host, c.service, f"unexpected error: {job.exception}")
                 self.outcome(c, Result.FAILED, str(job.exception))
         return self.result
+
+    def _undo_in_place(self, c: Change) -> None:
+        """Undo the last in-place apply of the running release (a config, unit or secrets change): put back
+        the files kept beside it (`*.prev`), then restart (or reload), health-gated; when the files put back
+        are not healthy, the ones of the last apply return."""
+        d = self.run.desired[c.host][c.service]
+        version = c.from_version or d.version
+        q = shlex.quote
+        self.emit(EventKind.ROLLBACK, c.host, c.service, f"putting back the files {version} had before the last apply")
+        ok, out = self.sh(c.host, "set -e\n" + _restore_script(d, ".prev", keep=".undo"))
+        good, detail = False, out
+        verb = "reload" if c.effect == Effect.RELOAD else f"restart {JOB_MODE}"
+        if ok:
+            _, out2 = self.sh(c.host, _HEALTH_FN + f"\nsystemctl {verb} {q(d.unit_name)} 2>/dev/null || true\n"
+                              + _check_line(d), timeout=int(d.health_timeout_s) + 60)
+            good, detail = _parse_results(out2).get(d.service, (False, "no result"))
+        if good:
+            unit, cfg = self._read_text(c.host, d.unit_path), self._read_text(c.host, d.config_path)
+            self.sh(c.host, _drop_script(d, ".undo"))
+            self.set_status(c.host, c.service, RecordStatus.APPLIED, unit_text=unit, unit_sha=sha256_text(unit),
+                            config_text=cfg, config_sha=sha256_text(cfg), env_hash=self._env_hash(c.host, d),
+                            in_place=False)
+            self.emit(EventKind.OK, c.host, c.service, f"rolled back to {version} as it was before the last apply, "
+                                                       f"healthy ({detail})")
+            self.outcome(c, Result.REPLACED, f"rollback of the last apply: {detail}")
+            return
+        if ok:   # the files put back are not healthy: the last apply's files return
+            self.emit(EventKind.FAIL, c.host, c.service, f"not healthy with the earlier files ({detail}); putting "
+                                                         "back the last apply's")
+            self.sh(c.host, "set -e\n" + _restore_script(d, ".undo", keep=".prev")
+                    + f"\nsystemctl {verb} {q(d.unit_name)} 2>/dev/null || true")
+        self.outcome(c, Result.FAILED, f"rollback of the last apply failed: {detail}")
 
     def _rollback_one(self, c: Change) -> None:
         d = self.run.desired[c.host][c.service]
@@ -728,6 +764,33 @@ def _parse_results(out: str) -> dict[str, tuple[bool, str]]:
         if len(parts) == 4 and parts[0] == "RESULT":
             res[parts[1]] = (parts[2] == "ok", parts[3])
     return res
+
+
+def _restore_script(d: DesiredService, suffix: str, keep: str | None = None) -> str:
+    """Put back the files kept beside the running release under `suffix` (its config, unit and env file as
+    they were before the last in-place apply) and install its unit; with `keep`, the files they replace are
+    kept under that suffix. Exits 3 when nothing is kept. The env file stays 0600 throughout."""
+    q = shlex.quote
+    rel = d.release_dir
+    files = " ".join(q(p) for p in (f"{rel}/{d.service}.toml", f"{rel}/{d.unit_name}", d.env_path))
+    save = f'[ -f "$f" ] && cp -p "$f" "$f{keep}"; ' if keep else ""
+    return "\n".join([
+        "umask 077; n=0",
+        f"for f in {files}; do",
+        f'  if [ -f "$f{suffix}" ]; then {save}mv -f "$f{suffix}" "$f"; n=$((n + 1)); fi',
+        "done",
+        '[ "$n" -gt 0 ] || { echo "no earlier files are kept beside the running release" >&2; exit 3; }',
+        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path)}.recon-tmp && mv -f {q(d.unit_path)}.recon-tmp "
+        f"{q(d.unit_path)}",
+        "systemctl daemon-reload",
+    ])
+
+
+def _drop_script(d: DesiredService, suffix: str) -> str:
+    q = shlex.quote
+    rel = d.release_dir
+    return " ".join(["rm -f", *(q(p + suffix) for p in (f"{rel}/{d.service}.toml", f"{rel}/{d.unit_name}",
+                                                         d.env_path))])
 
 
 def _switch_script(service_dir: str, service: str, version: str, unit_name: str, unit_path: str,

@@ -284,8 +284,18 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
                 obs = run.observed[h].services.get(service)
                 rec = run.state.record(h, service)
                 current = obs.current if obs else None
-                target = req.to_version or (rec.previous_version if rec else None)
                 kept = obs.releases if obs else []
+                if not req.to_version and rec is not None and rec.in_place and current == rec.version:
+                    # the last apply changed this release's files in place: undo that first
+                    result.target = current
+                    changes.append(Change(f"{h}/{service}", h, service, Action.UPDATE,
+                                          f"rollback of the last apply to {current}",
+                                          Effect.RESTART,
+                                          fields=[FieldChange("config", "(as applied)", "(before the last apply)",
+                                                              part=Part.CONFIG)],
+                                          from_version=current, to_version=current))
+                    continue
+                target = req.to_version or (rec.previous_version if rec else None)
                 if not target:
                     others = [r for r in kept if r != current]
                     raise ReconError(f"{h}/{service}: no previous release recorded; choose one with --to "

@@ -80,6 +80,9 @@ class ServiceRecord:
     # directories recon created for this service alone (its service dir, `releases`); None: recorded
     # before recon tracked what it created (see docs/design.md, "Ownership")
     created_dirs: list[str] | None = None
+    # the last apply changed this release's config, unit or secrets in place and kept the earlier files
+    # beside them (`*.prev`): `recon rollback` without --to undoes that change first
+    in_place: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,6 +136,7 @@ _TYPE_CHECKS: dict[str, tuple[str, Any]] = {  # ServiceRecord's annotations (str
     "str": ("a string", lambda v: isinstance(v, str)),
     "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
     "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "RecordStatus": ("one of " + ", ".join(RecordStatus), lambda v: v in {str(x) for x in RecordStatus}),
     "list[str] | None": ("a list of strings or null",

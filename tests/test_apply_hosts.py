@@ -102,6 +102,21 @@ def test_config_only_change_with_reload_keeps_the_process(testhost: TestHost, tm
     assert health(testhost, 8081, "/config")["rbac"]["reload_interval"] == 30
     assert health(testhost, 8081)["config_generation"] == gen + 1
 
+    # recon rollback undoes a config-only change (the release stays, its earlier files come back)
+    res = m.run("rollback", "control-center", check=0)
+    assert "rolled back to 5.0.0 as it was before the last apply, healthy" in res.stdout, res.stdout
+    assert "Rollback complete: 1 rolled back, 0 failed." in res.stdout
+    assert "rbac" not in health(testhost, 8081, "/config")
+    assert _exec(testhost, "readlink /opt/provisioning/control-center/current").strip() == "releases/5.0.0"
+    rec = StateStore(tmp_path / "state").load().record("node1", "control-center")
+    assert rec is not None and not rec.in_place and "reload_interval" not in rec.config_text
+    plan = json.loads(m.run("plan", "--format", "json", check=0).stdout)   # the spec still wants the change
+    assert [(c["address"], c["action"]) for c in plan["changes"]] == [("node1/control-center", "reload")]
+    assert all(f["kind"] == "desired" for f in plan["changes"][0]["fields"])
+    # nothing more to undo, and no earlier release: a clear error
+    res = m.run("rollback", "control-center", check=1)
+    assert "no previous release recorded" in res.stderr
+
 
 def test_unhealthy_release_is_rolled_back_and_dependents_are_untouched(testhost: TestHost, tmp_path: Path,
                                                                         artifacts: Any) -> None:
