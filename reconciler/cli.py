@@ -358,7 +358,11 @@ def apply(planfile: str | None, files: Sequence[str], auto_approve: bool, target
 @reports_errors
 def rollback(service: str, files: Sequence[str], hosts: Sequence[str], to_version: str | None,
              lock_timeout: float, state: str | None, no_color: bool) -> int:
-    """Switch SERVICE back to a kept release (binary, config and unit together), health-gated.
+    """Undo SERVICE's last change: its last config-only apply, or its release, health-gated.
+
+    Without --to: when the last apply changed the running release's config, unit or secrets in place,
+    their earlier files come back; otherwise SERVICE switches to its previous release (binary, config and
+    unit together). With --to: switch to that kept release. The next plan shows the spec's wish again.
 
     \b
     Examples:
