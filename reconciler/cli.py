@@ -84,6 +84,8 @@ def exit_code(result: object, detailed: bool = False) -> int:
         return 1 if result.applied is not None and result.applied.failed else 0
     if isinstance(result, r.StatusResult):
         return 0 if result.ok else 1
+    if isinstance(result, r.LogsResult | r.VersionsResult):
+        return 1 if result.errors else 0
     from reconciler.review.model import SpecDiff
 
     if isinstance(result, SpecDiff):
@@ -441,6 +443,78 @@ def status(files: Sequence[str], fmt: str, hosts: Sequence[str], state: str | No
     result = run_status(StatusRequest(tuple(files), tuple(hosts), state))
     out = render_status_json(result) if fmt == "json" else render_status_text(result, use_color(no_color))
     click.echo(out, nl=False)
+    return exit_code(result)
+
+
+@main.command()
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
+@spec_option
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
+@click.option("-n", "--lines", default=100, show_default=True, metavar="N",
+              help="The newest N entries of each host (0: all).")
+@click.option("--since", metavar="TIME", help='As journalctl reads it: "1 hour ago", "2026-12-02 04:00", "today".')
+@click.option("-p", "--priority", metavar="PRIORITY",
+              help="Only this priority and more urgent: err, warning, info… or 0–7, or a range warning..err.")
+@click.option("--follow", is_flag=True, help="Keep reading every host's journal as it grows (Ctrl-C ends).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people; json: one object per line (time, host, service, priority, pid, message).")
+@state_option
+@no_color_option
+@reports_errors
+def logs(services: Sequence[str], files: Sequence[str], hosts: Sequence[str], lines: int, since: str | None,
+         priority: str | None, follow: bool, fmt: str, state: str | None, no_color: bool) -> int:
+    """The services' journals, read over SSH from every host at once.
+
+    With no SERVICE, every service of the spec (the platform's "export all logs"). Lines name their
+    host when more than one host is read. Exit 1 when a host could not be read.
+
+    \b
+    Examples:
+      recon logs control-center -f specs/platform.yaml -n 50
+      recon logs -f specs/platform.yaml --since "1 hour ago" -p err
+      recon logs orchestrator -f … --follow
+      recon logs -f … -n 0 --format json > platform-logs.jsonl
+    """
+    from reconciler.render.logs import render_log_json, render_log_text
+    from reconciler.runner import LogsRequest, run_logs
+
+    color = use_color(no_color)
+    req = LogsRequest(tuple(files), tuple(services), tuple(hosts), lines, since, priority, follow, state)
+
+    def show(entry: Any, several: bool) -> None:
+        click.echo(render_log_json(entry) if fmt == "json" else render_log_text(entry, several, color))
+
+    result = run_logs(req, on_entry=show)
+    for entry in result.entries:
+        show(entry, len(result.hosts) > 1)
+    for error in result.errors:
+        click.echo(f"Error: {error}", err=True)
+    return exit_code(result)
+
+
+@main.command()
+@spec_option
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
+@state_option
+@reports_errors
+def versions(files: Sequence[str], hosts: Sequence[str], fmt: str, state: str | None) -> int:
+    """The version each service runs, one `service: version` line each (the platform's own format).
+
+    Where hosts differ, each version says where it runs; where the spec wants another, that is said
+    too: `control-center: 5.0.1 (spec 5.0.0)`. Exit 1 when a host could not be read.
+
+    \b
+    Examples:
+      recon versions -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon versions -f … --format json
+    """
+    from reconciler.render.versions import render_versions_json, render_versions_text
+    from reconciler.runner import VersionsRequest, run_versions
+
+    result = run_versions(VersionsRequest(tuple(files), tuple(hosts), state))
+    click.echo(render_versions_json(result) if fmt == "json" else render_versions_text(result), nl=False)
     return exit_code(result)
 
 

@@ -97,7 +97,8 @@ class Run:
 
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
-            hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = ()) -> Run:
+            hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = (),
+            secrets: bool = True) -> Run:
     """Load and check the spec, render desired state, read recon's state. No host is contacted, and
     nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
     in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply.
@@ -120,7 +121,7 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     state = store.load()
     salt = state.lineage or lineage or str(uuid.uuid4())
     state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
-    desired = desired_state(spec, secret_lookup)
+    desired = desired_state(spec, secret_lookup if secrets else None)   # read-outs need no secret values
     return Run(spec, store, state, salt, desired, targets=wanted, hosts=set(hosts) if hosts else None)
 
 

@@ -79,6 +79,25 @@ class DiffRequest:
 
 
 @dataclass(frozen=True)
+class VersionsRequest:
+    files: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class LogsRequest:
+    files: tuple[str, ...]
+    services: tuple[str, ...] = ()   # none: every service of the spec
+    hosts: tuple[str, ...] = ()
+    lines: int = 100                 # the newest N entries (0: all)
+    since: str | None = None         # as journalctl reads it: "1 hour ago", "2026-12-02 04:00"
+    priority: str | None = None      # err, warning..err, 3
+    follow: bool = False
+    state: str | None = None
+
+
+@dataclass(frozen=True)
 class ForceUnlockRequest:
     lock_id: str | None = None
     state: str | None = None
@@ -142,6 +161,30 @@ class StatusResult:
     @property
     def ok(self) -> bool:
         return not self.errors and all(r.healthy and r.on_desired for r in self.rows)
+
+
+@dataclass
+class ServiceVersions:
+    service: str
+    desired: str
+    running: dict[str, str | None]   # host → the version its process runs (None: not running)
+
+    @property
+    def versions(self) -> set[str | None]:
+        return set(self.running.values())
+
+
+@dataclass
+class VersionsResult:
+    services: list[ServiceVersions]
+    errors: list[str] = field(default_factory=list)     # hosts that could not be observed
+
+
+@dataclass
+class LogsResult:
+    entries: list[Any]               # logs.LogEntry, oldest first (empty when followed: they were streamed)
+    hosts: list[str]                 # the hosts read (lines name the host when there are several)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -327,7 +370,7 @@ def run_status(req: StatusRequest) -> StatusResult:
     """Desired vs running version, systemd state, health and memory per host and service."""
     from reconciler import pipeline
 
-    run = pipeline.prepare(req.files, req.state, (), req.hosts)
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
     pipeline.observe(run)
     rows: list[StatusRow] = []
     errors: list[str] = []
@@ -384,6 +427,71 @@ def run_diff(req: DiffRequest) -> SpecDiff:
     from reconciler.review import load_diff
 
     return load_diff(req.base, req.head, req.files)
+
+
+def run_versions(req: VersionsRequest) -> VersionsResult:
+    """The version each service's process runs on each of its hosts (one observation per host)."""
+    from reconciler import pipeline
+
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
+    pipeline.observe(run)
+    out: list[ServiceVersions] = []
+    errors = sorted({str(o.error) for o in run.observed.values() if o.error})
+    for name, svc in run.spec.services.items():
+        running: dict[str, str | None] = {}
+        for h in svc.hosts:
+            obs = run.observed.get(h)
+            if obs is None or obs.error:
+                continue
+            o = obs.services.get(name)
+            running[h] = o.running_version if o is not None and o.active == "active" else None
+        out.append(ServiceVersions(name, svc.version, running))
+    return VersionsResult(out, errors)
+
+
+def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
+    """The services' journals from every host at once; with `follow`, each entry goes to
+    `on_entry(entry, several_hosts)` as it arrives, until interrupted."""
+    import gevent
+
+    from reconciler import pipeline
+    from reconciler.logs import journal_command, parse_line, priority_arg
+    from reconciler.transport import Session
+
+    priority = priority_arg(req.priority) if req.priority else None
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False)
+    names = list(req.services) or list(run.spec.services)
+    scope = {h: host for h, host in pipeline.hosts_in_scope(run).items()
+             if any(h in run.spec.services[n].hosts for n in names)}
+    result = LogsResult([], list(scope))
+    with Session(scope) as session:
+        result.errors += [session.errors[h] for h in scope if h in session.errors]
+
+        def read(host: str) -> None:
+            units = {run.desired[host][n].unit_name: n for n in names if n in run.desired[host]}
+            cmd = journal_command(list(units), req.lines, req.since, priority, req.follow)
+
+            def line(text: str) -> None:
+                entry = parse_line(host, text, units)
+                if entry is None:
+                    return
+                if req.follow and on_entry is not None:
+                    on_entry(entry, len(scope) > 1)
+                else:
+                    result.entries.append(entry)
+
+            res = session.stream(host, cmd, line)
+            if not res.ok and not req.follow:
+                bad = [t for t in res.stdout.splitlines() if not t.startswith("{")]
+                result.errors.append(f"{host}: journalctl failed: {'; '.join(bad) or res.stderr or 'no output'}")
+
+        jobs = [gevent.spawn(read, h) for h in session.connected]
+        try:
+            gevent.joinall(jobs, raise_error=False)
+        except KeyboardInterrupt:       # the end of a --follow
+            gevent.killall(jobs)
+    result.entries.sort(key=lambda e: e.time)
+    return result
 
 
 def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:
