@@ -1,7 +1,9 @@
 """Apply a plan with pyinfra: releases, configs, units, dependency waves, health gates, automatic
 rollback, rolling host batches, and step-by-step state records so a crash at any point converges.
 
-Output is not formatted here: every step is reported through an `on_event(Event)` callback.
+This module is the orchestration (batches, waves, gates); the shell text it runs on hosts comes from
+`hostscripts`, and every state record and history line is written through `recorder`. Output is not
+formatted here: every step is reported through an `on_event(Event)` callback.
 """
 
 from __future__ import annotations
@@ -25,15 +27,13 @@ from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
 from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
 from reconciler.recorder import Recorder, last_healthy, previous_for, record_of, rollback_target
-from reconciler.state import RecordStatus, State, StateStore
+from reconciler.state import RecordStatus, State
 
 if TYPE_CHECKING:
     from reconciler.pipeline import Run
     from reconciler.transport import Session
 
 __all__ = ["Applier", "last_healthy", "load_artifact", "previous_for", "record_of", "rollback_target"]
-
-JOB_MODE = hs.JOB_MODE
 
 
 _DONE = {Action.CREATE: Result.CREATED, Action.UPDATE: Result.UPDATED, Action.REPLACE: Result.REPLACED,
@@ -70,7 +70,6 @@ class Applier:
         self.on_event = on_event
         self.command = command
         self.auto_rollback = auto_rollback
-        self.store: StateStore = run.store
         self.state: State = run.state
         self.recorder = Recorder(run.store, run.state, run.salt, command)
         self.result = ApplyResult()
