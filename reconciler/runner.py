@@ -276,31 +276,9 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
 def settle_records(run: Any, plan: Plan) -> None:
     """Services that need no change are recorded as applied: a crash after the host converged but
     before the record was written, or a host set up to match the spec, leaves state that now agrees."""
-    from reconciler.apply import previous_for, record_of
-    from reconciler.state import RecordStatus
+    from reconciler.recorder import Recorder
 
-    changed = {c.address for c in plan.changes} | set(plan.ignored_drift)
-    dirty = False
-    for host, svcs in run.desired.items():
-        obs = run.observed.get(host)
-        if obs is None or obs.error:
-            continue
-        for name, d in svcs.items():
-            if d.address in changed or (run.targets is not None and name not in run.targets):
-                continue
-            o = obs.services.get(name)
-            rec = run.state.record(host, name)
-            if o is None or not o.exists or (rec is not None and rec.status == RecordStatus.APPLIED
-                                              and rec.version == d.version and rec.unit_sha == d.unit_sha
-                                              and rec.config_sha == d.config_sha):
-                continue
-            new = record_of(d, run.salt, RecordStatus.APPLIED, previous_for(rec, d.version, o.releases),
-                            run.state.serial + 1)
-            new.created_dirs = rec.created_dirs if rec else []    # adopted as found: recon created nothing
-            run.state.hosts.setdefault(host, {})[name] = new
-            dirty = True
-    if dirty:
-        run.store.save(run.state)
+    Recorder(run.store, run.state, run.salt).settle(run, plan)
 
 
 def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:

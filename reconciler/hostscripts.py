@@ -1,0 +1,215 @@
+"""The shell text apply runs on a host, each script written once: switch a release, restore the files kept
+beside it, bounce units and wait for their health, write the env file, read files back. Pure functions
+of desired services; nothing here connects. The account, directory, prune and delete scripts live in
+`reconciler.ownership` (its path guard) and are re-exported here so apply takes every script from one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from reconciler.desired import DesiredService
+from reconciler.ownership import delete_script, ensure_script, prune_script
+from reconciler.plan import Effect
+
+__all__ = ["HEALTH_FN", "JOB_MODE", "activate_script", "binary_sha_script", "bounce_lines", "bounce_script",
+           "bounce_timeout",
+           "check_line", "delete_script", "drop_script", "ensure_script", "env_file_script", "env_file_stdin",
+           "env_hash_script", "keep_prev_script", "parse_results", "prune_script", "read_script",
+           "restore_script", "staging_cleanup_script", "stop_script", "switch_script", "switch_steps"]
+
+JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
+
+HEALTH_FN = r"""check() {
+  n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6
+  start=$(date +%s); end=$((start + t))
+  while :; do
+    if ! systemctl is-active -q "$u"; then
+      st=$(systemctl show -p ActiveState,SubState,Result --value "$u" | tr '\n' ' ')
+      echo "RESULT	$n	fail	unit is ${st% }"; return
+    fi
+    if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
+    code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
+    now=$(date +%s)
+    if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; return; fi
+    if [ "$now" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
+    [ "$now" != "${said:-}" ] && said=$now && echo "PROBE	$n	${code:-000}	$((now - start))	$t"
+    sleep "$iv"
+  done
+}"""
+
+q = shlex.quote
+
+
+# --------------------------------------------------------------------------------------------- health
+def check_line(d: DesiredService) -> str:
+    """One call of HEALTH_FN's `check` for a service: prints `RESULT name ok|fail detail`."""
+    return (f"check {q(d.service)} {q(d.unit_name)} {q(d.health_url or '')} {int(max(1, d.health_timeout_s))} "
+            f"{d.health_interval_s:g} {d.health_status}")
+
+
+def parse_results(out: str) -> dict[str, tuple[bool, str]]:
+    """service → (healthy, detail) from the `RESULT` lines of a check's output."""
+    res: dict[str, tuple[bool, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0] == "RESULT":
+            res[parts[1]] = (parts[2] == "ok", parts[3])
+    return res
+
+
+def bounce_lines(restart: Sequence[str] = (), reload: Sequence[str] = ()) -> list[str]:
+    """(Re)start units without touching their dependents, and reload others; failures show in the check."""
+    lines = []
+    if restart:
+        lines.append(f"systemctl restart {JOB_MODE} {' '.join(q(u) for u in restart)} 2>/dev/null || true")
+    if reload:
+        lines.append(f"systemctl reload {' '.join(q(u) for u in reload)} 2>/dev/null || true")
+    return lines
+
+
+def bounce_script(services: Sequence[tuple[DesiredService, Effect]], enable: bool = False) -> str:
+    """Bounce-and-check: enable the units (a wave's), start or restart those whose effect says so without
+    touching their dependents, reload the others that reload, then wait for the health of every one of them
+    at once (`RESULT` lines; `PROBE` lines while a check waits)."""
+    units = [d.unit_name for d, _ in services]
+    lines = [HEALTH_FN]
+    if enable:
+        lines.append(f"systemctl enable -q {' '.join(q(u) for u in units)} 2>&1 || true")
+    lines += bounce_lines([d.unit_name for d, e in services if e in (Effect.START, Effect.RESTART)],
+                          [d.unit_name for d, e in services if e == Effect.RELOAD])
+    lines += [check_line(d) + " &" for d, _ in services]
+    lines.append("wait")
+    return "\n".join(lines)
+
+
+def stop_script(d: DesiredService) -> str:
+    """Stop and disable a service that failed with nowhere to go back to."""
+    return f"systemctl disable -q --now {q(d.unit_name)} 2>/dev/null; true"
+
+
+def bounce_timeout(ds: Sequence[DesiredService]) -> int:
+    """How long a bounce-and-check of these services may take on the host: the longest health timeout and a minute."""
+    return int(max(d.health_timeout_s for d in ds)) + 60
+
+
+# --------------------------------------------------------------------------------------------- switching
+def switch_steps(d: DesiredService, version: str) -> list[str]:
+    """Point `current` at `releases/{version}` atomically, link the config the service reads to it, and
+    install that release's unit (written to a temp name, then renamed). No daemon-reload."""
+    rel = f"{d.service_dir}/releases/{version}"
+    return [
+        f"ln -sfn releases/{q(version)} {q(d.service_dir)}/.current.tmp",
+        f"mv -Tf {q(d.service_dir)}/.current.tmp {q(d.service_dir)}/current",
+        f"ln -sfn {q(d.service_dir + '/current/' + d.service + '.toml')} {q(d.config_path)}",
+        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')} && "
+        f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)}",
+    ]
+
+
+def switch_script(d: DesiredService, version: str) -> str:
+    """Go to a kept release (binary, config and unit together), then daemon-reload. Exits 3 when it is not kept."""
+    rel = f"{d.service_dir}/releases/{version}"
+    return "\n".join([f"[ -d {q(rel)} ] || {{ echo 'release {version} is not on the host' >&2; exit 3; }}",
+                      *switch_steps(d, version), "systemctl daemon-reload"])
+
+
+def activate_script(changes: Sequence[tuple[DesiredService, Sequence[str]]]) -> str:
+    """A wave's switch on one host: for each service (with the drop-ins to remove), check the uploaded
+    artifact's sha256, switch to its release and drop run-time property changes. The caller daemon-reloads."""
+    parts = ["set -e"]
+    for d, dropins in changes:
+        if dropins:
+            parts.append(f"rm -f -- {' '.join(q(p) for p in dropins)}")
+        parts.append(
+            f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet - || "
+            f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}; "
+            + " && ".join([*switch_steps(d, d.version),
+                           f"rm -rf /etc/systemd/system.control/{q(d.unit_name)}.d "
+                           f"/run/systemd/system.control/{q(d.unit_name)}.d"]))
+    return "\n".join(parts)
+
+
+def _release_files(d: DesiredService) -> list[str]:
+    """The files of the running release an in-place change rewrites: its config, its unit, the env file."""
+    return [f"{d.release_dir}/{d.service}.toml", f"{d.release_dir}/{d.unit_name}", d.env_path]
+
+
+def keep_prev_script(d: DesiredService) -> str:
+    """Before an in-place change: keep the release's files beside it as `*.prev` (umask 077 and any old copy
+    removed first, so the env file's copy is never readable by others)."""
+    return "umask 077 ; " + " ; ".join(
+        f"rm -f {q(p + '.prev')} ; [ -f {q(p)} ] && cp -p {q(p)} {q(p + '.prev')}"
+        for p in _release_files(d)) + " ; true"
+
+
+def restore_script(d: DesiredService, suffix: str, keep: str | None = None) -> str:
+    """Put back the files kept beside the running release under `suffix` (its config, unit and env file as
+    they were before the last in-place apply) and install its unit; with `keep`, the files they replace are
+    kept under that suffix. Exits 3 when nothing is kept. The env file stays 0600 throughout."""
+    rel = d.release_dir
+    files = " ".join(q(p) for p in _release_files(d))
+    save = f'[ -f "$f" ] && cp -p "$f" "$f{keep}"; ' if keep else ""
+    return "\n".join([
+        "umask 077; n=0",
+        f"for f in {files}; do",
+        f'  if [ -f "$f{suffix}" ]; then {save}mv -f "$f{suffix}" "$f"; n=$((n + 1)); fi',
+        "done",
+        '[ "$n" -gt 0 ] || { echo "no earlier files are kept beside the running release" >&2; exit 3; }',
+        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path)}.recon-tmp && mv -f {q(d.unit_path)}.recon-tmp "
+        f"{q(d.unit_path)}",
+        "systemctl daemon-reload",
+    ])
+
+
+def drop_script(d: DesiredService, suffix: str) -> str:
+    """Remove the copies kept beside the running release under `suffix`."""
+    return " ".join(["rm -f", *(q(p + suffix) for p in _release_files(d))])
+
+
+# --------------------------------------------------------------------------------------------- files
+def env_file_script(env_path: str) -> str:
+    """Write the env file 0600 and root's from its first byte: `mktemp` creates a 0600 file in the same
+    directory, the content arrives base64 on stdin (never on a command line, which `ps` shows everyone),
+    and a rename puts it in place."""
+    env = Path(env_path)
+    return "\n".join([
+        "set -e", "umask 077",
+        f"tmp=$(mktemp {q(str(env.parent / ('.' + env.name + '.recon-XXXXXX')))})",
+        "trap 'rm -f \"$tmp\"' EXIT",
+        'base64 -d > "$tmp"',
+        'chown root:root "$tmp"',
+        'chmod 600 "$tmp"',
+        f'mv -f "$tmp" {q(env_path)}',
+        "trap - EXIT",
+    ])
+
+
+def env_file_stdin(text: str) -> str:
+    """What env_file_script reads on stdin for an env file holding `text`."""
+    return base64.encodebytes(text.encode()).decode()
+
+
+def staging_cleanup_script(release_dir: str, remove: bool) -> str:
+    """After a failed upload: remove the release directory (`remove`: this apply created it), and print the
+    `df -Pk` line of the nearest existing directory on its way."""
+    return (f"rm -rf -- {q(release_dir)}\n" if remove else "") + (
+        f"p={q(release_dir)}; while [ ! -d \"$p\" ] && [ \"$p\" != / ]; do p=$(dirname \"$p\"); done\n"
+        'df -Pk -- "$p" | tail -n 1')
+
+
+# --------------------------------------------------------------------------------------------- reading back
+def read_script(path: str) -> str:
+    return f"cat {q(path)}"
+
+
+def binary_sha_script(d: DesiredService, version: str) -> str:
+    return f"sha256sum {q(f'{d.service_dir}/releases/{version}/{d.service}')}"
+
+
+def env_hash_script(env_path: str, salt: str) -> str:
+    """The salted fingerprint of the env file, as the observation computes it (no output: no file)."""
+    return f"[ -f {q(env_path)} ] || exit 0; {{ printf '%s\\000' {q(salt)}; cat {q(env_path)}; }} | sha256sum"
