@@ -84,6 +84,8 @@ def exit_code(result: object, detailed: bool = False) -> int:
         return 1 if result.applied is not None and result.applied.failed else 0
     if isinstance(result, r.StatusResult):
         return 0 if result.ok else 1
+    if isinstance(result, r.MetricsResult):
+        return 1 if result.errors or any(m.error for m in result.services) else 0
     if isinstance(result, r.LogsResult | r.VersionsResult):
         return 1 if result.errors else 0
     from reconciler.review.model import SpecDiff
@@ -515,6 +517,45 @@ def versions(files: Sequence[str], hosts: Sequence[str], fmt: str, state: str | 
 
     result = run_versions(VersionsRequest(tuple(files), tuple(hosts), state))
     click.echo(render_versions_json(result) if fmt == "json" else render_versions_text(result), nl=False)
+    return exit_code(result)
+
+
+@main.command()
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
+@spec_option
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "prometheus"]), default="text",
+              show_default=True, help="text for people, json for machines, prometheus: the text exposition "
+              "with host and service labels (for a Prometheus server or promtool).")
+@state_option
+@reports_errors
+def metrics(services: Sequence[str], files: Sequence[str], hosts: Sequence[str], fmt: str, state: str | None
+            ) -> int:
+    """Each service's Prometheus metrics, with systemd's figures beside them (CPU, memory, tasks, restarts).
+
+    Every host is read with one command: each service's `metrics.http` (default
+    http://127.0.0.1:{port}/metrics) and one `systemctl show`. Exit 1 when a host or an endpoint could
+    not be read.
+
+    \b
+    Examples:
+      recon metrics -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon metrics orchestrator -f … --format json
+      recon metrics -f … --format prometheus > platform.prom
+    """
+    from reconciler.render.metrics import render_metrics_json, render_metrics_text
+    from reconciler.runner import MetricsRequest, run_metrics
+
+    result = run_metrics(MetricsRequest(tuple(files), tuple(services), tuple(hosts), state))
+    if fmt == "prometheus":
+        from reconciler.metrics import exposition
+
+        out = exposition(result.services)
+    else:
+        out = render_metrics_json(result) if fmt == "json" else render_metrics_text(result)
+    click.echo(out, nl=False)
+    for e in result.errors:
+        click.echo(f"Error: {e}", err=True)
     return exit_code(result)
 
 

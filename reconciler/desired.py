@@ -192,6 +192,7 @@ class DesiredService:
     secret_names: tuple[str, ...]
     secrets_text: str = field(default="", repr=False)
     ignore_drift: tuple[str, ...] = ()
+    metrics_url: str | None = None
 
     @property
     def unit_sha(self) -> str:
@@ -320,6 +321,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         group=svc.group,
         depends_on=svc.depends_on,
         health_url=expand(svc.health_url, values) if svc.health_url else None,
+        metrics_url=expand(svc.metrics_url, values) if svc.metrics_url else None,
         health_timeout_s=svc.health_timeout_s,
         health_interval_s=svc.health_interval_s,
         health_status=svc.health_status,

@@ -86,6 +86,14 @@ class VersionsRequest:
 
 
 @dataclass(frozen=True)
+class MetricsRequest:
+    files: tuple[str, ...]
+    services: tuple[str, ...] = ()   # none: every service of the spec
+    hosts: tuple[str, ...] = ()
+    state: str | None = None
+
+
+@dataclass(frozen=True)
 class LogsRequest:
     files: tuple[str, ...]
     services: tuple[str, ...] = ()   # none: every service of the spec
@@ -178,6 +186,12 @@ class ServiceVersions:
 class VersionsResult:
     services: list[ServiceVersions]
     errors: list[str] = field(default_factory=list)     # hosts that could not be observed
+
+
+@dataclass
+class MetricsResult:
+    services: list[Any]              # metrics.ServiceMetrics, per host and service
+    errors: list[str] = field(default_factory=list)     # hosts that could not be read
 
 
 @dataclass
@@ -425,6 +439,29 @@ def run_versions(req: VersionsRequest) -> VersionsResult:
             running[h] = o.running_version if o is not None and o.active == "active" else None
         out.append(ServiceVersions(name, svc.version, running))
     return VersionsResult(out, errors)
+
+
+def run_metrics(req: MetricsRequest) -> MetricsResult:
+    """Every service's metrics endpoint and systemd figures, one command per host, all hosts at once."""
+    from reconciler import pipeline
+    from reconciler.metrics import host_script, parse_answer
+    from reconciler.transport import Session
+
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False)
+    names = list(req.services) or list(run.spec.services)
+    targets = {h: [(n, run.desired[h][n].unit_name, run.desired[h][n].metrics_url) for n in names
+                   if n in run.desired[h]] for h in pipeline.hosts_in_scope(run)}
+    targets = {h: t for h, t in targets.items() if t}
+    result = MetricsResult([])
+    with Session({h: run.spec.hosts[h] for h in targets}) as session:
+        result.errors += [session.errors[h] for h in targets if h in session.errors]
+        answers = session.run_many({h: host_script(t) for h, t in targets.items()})
+    for h, res in answers.items():
+        if res.stdout:
+            result.services += parse_answer(h, res.stdout, targets[h])
+        else:
+            result.errors.append(f"{h}: reading metrics failed: {res.stderr.strip() or 'no answer'}")
+    return result
 
 
 def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:

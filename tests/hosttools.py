@@ -72,6 +72,7 @@ class Mini:
                 "health": {"http": "http://{address}:{port}/health", "timeout_s": self.health_timeout,
                            "interval_s": 0.2},
                 "config": {"server": {"host": "{address}"}},
+                "metrics": {"http": "http://{address}:{port}/metrics"},
                 "rollout": {"batch_size": self.batch_size, "max_failures": 0},
             },
             "services": services,

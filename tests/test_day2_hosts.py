@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,27 @@ def test_versions_and_logs_on_two_hosts(make_testhosts: Any, tmp_path: Path, art
                for e in entries)
     assert m.run("logs", "control-centre", check=1).stderr.count("Did you mean 'control-center'") == 1
     assert "unknown priority" in m.run("logs", "-p", "eror", check=1).stderr
+
+    # metrics: each service's series and systemd's figures, one command per host; re-exposed with labels
+    _exec(hosts[1], "systemctl start provisioning-mcp-server.service")
+    res = m.run("metrics", "orchestrator", check=0)
+    assert "node1/orchestrator  state active  cpu " in res.stdout and " memory " in res.stdout, res.stdout
+    assert 'provisioning_up{service="orchestrator",version="5.0.0"} 1' in res.stdout, res.stdout
+    doc = json.loads(m.run("metrics", "--format", "json", check=0).stdout)
+    assert {(s["host"], s["service"]) for s in doc["services"]} == {(f"node{i}", n) for i in (1, 2)
+                                                                      for n in ("orchestrator", "control-center",
+                                                                                "mcp-server")}
+    assert all(s["systemd"]["MemoryCurrent"] > 0 and s["error"] is None for s in doc["services"])
+    prom = m.run("metrics", "--format", "prometheus", check=0).stdout
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(prom)}
+    up = {(s.labels["host"], s.labels["service"]) for s in fams["provisioning_up"].samples}
+    assert up == {(f"node{i}", n) for i in (1, 2) for n in ("orchestrator", "control-center", "mcp-server")}
+    assert all(s.value > 0 for s in fams["recon_systemd_memory_bytes"].samples)
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=prom, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
 
     # --follow: a line logged after the start arrives while recon keeps reading
     spec = m.write()

@@ -21,7 +21,7 @@ DEMO = ["--dir", "/tmp/recon-demo", "--net", "127.0.20", "--prefix", "rdemo"]
 # What each tour line must do (exit code, text in its output), keyed by the start of the line.
 EXPECT: list[tuple[str, int | tuple[int, ...], str]] = [
     ("recon validate", 0, "Valid: 9 services on 1 host"),
-    ("recon explain", 0, 'services.orchestrator.limits.memory_max = "256M"'),
+    ("recon explain", 0, "set by    specs/overrides/local.yaml:25:14"),
     ("recon plan -f specs/platform.yaml -f specs/overrides/local.yaml -f specs/overrides/upgrade.yaml", 0,
      "Saved the plan to upgrade.plan"),
     ("recon plan -f specs/platform.yaml -f specs/overrides/local.yaml --detailed-exitcode", 2, "1 to replace"),
@@ -35,10 +35,21 @@ EXPECT: list[tuple[str, int | tuple[int, ...], str]] = [
 ]
 
 
-def tour_lines() -> list[str]:
+def tour() -> list[tuple[str, list[str]]]:
+    """Each `$ recon` line of the tour (its comment cut) with the output lines the README shows under it."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    tour = text.split("## A short tour", 1)[1].split("```console", 1)[1].split("```", 1)[0]
-    return [re.sub(r"\s+#\s.*$", "", line[2:]).strip() for line in tour.splitlines() if line.startswith("$ recon ")]
+    block = text.split("## A short tour", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    out: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            out.append((re.sub(r"\s+#\s.*$", "", line[2:]).strip(), []))
+        elif out and line.strip() and line.strip() != "...":
+            out[-1][1].append(line.strip())
+    return [(cmd, shown) for cmd, shown in out if cmd.startswith("recon ")]
+
+
+def tour_lines() -> list[str]:
+    return [cmd for cmd, _ in tour()]
 
 
 def expectation(line: str) -> tuple[tuple[int, ...], str]:
@@ -67,13 +78,15 @@ def test_readme_tour_runs_as_written_after_the_demo() -> None:
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
         assert "9/9 services healthy" in demo.stdout
         (REPO / "upgrade.plan").unlink(missing_ok=True)
-        for line in tour_lines():
+        for line, shown in tour():
             codes, text = expectation(line)
             res = subprocess.run(shlex.split(line), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
             out = res.stdout + res.stderr
             assert res.returncode in codes, f"$ {line}\nexit {res.returncode}, README says {codes}\n{out}"
             assert text in out, f"$ {line}\nwant {text!r} in:\n{out}"
             assert "Traceback" not in out
+            for want in shown:                                  # what the README shows it prints
+                assert want in out, f"$ {line}\nthe README shows {want!r}; the output was:\n{out}"
     finally:
         (REPO / "upgrade.plan").unlink(missing_ok=True)
         hosts.down()

@@ -104,6 +104,7 @@ class Service:
     max_failures: int
     ignore_drift: tuple[str, ...]
     description: str = ""
+    metrics_url: str | None = None       # `metrics.http`; default http://127.0.0.1:{port}/metrics
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -211,6 +212,8 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         max_failures=int(rollout.get("max_failures", 0)),
         ignore_drift=tuple(s["ignore_drift"]),
         description=s.get("description", ""),
+        metrics_url=(s.get("metrics") or {}).get("http")
+        or ("http://127.0.0.1:{port}/metrics" if s.get("port") is not None else None),
         raw=raw,
     )
 
