@@ -559,6 +559,30 @@ def metrics(services: Sequence[str], files: Sequence[str], hosts: Sequence[str],
     return exit_code(result)
 
 
+@main.command()
+@spec_option
+@click.option("--title", default="Provisioning platform", show_default=True, help="The dashboard's title.")
+@reports_errors
+def dashboard(files: Sequence[str], title: str) -> int:
+    """A Grafana dashboard for the platform, from the spec: one row per service with its series.
+
+    The series are those `recon metrics --format prometheus` exposes (labels `host` and `service`): the
+    platform's own and systemd's CPU, memory and restarts. Import the JSON in Grafana (Dashboards → New →
+    Import); pick the Prometheus data source that scrapes them. No host is contacted.
+
+    \b
+    Example:
+      recon dashboard -f specs/platform.yaml > platform.json
+    """
+    import json
+
+    from reconciler.dashboard import dashboard as build
+    from reconciler.spec import load_spec
+
+    click.echo(json.dumps(build(load_spec(files, check_artifacts=False), title), indent=2))
+    return 0
+
+
 @main.command("force-unlock")
 @click.argument("lock_id", required=False)
 @state_option
