@@ -583,6 +583,51 @@ def dashboard(files: Sequence[str], title: str) -> int:
     return 0
 
 
+@main.command()
+@spec_option
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
+@click.option("--interval", default=5.0, show_default=True, metavar="SECONDS", help="Seconds between ticks.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="End after N ticks (for scripts and tests).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a live table on a terminal, a line per tick otherwise; json: one object per tick.")
+@click.option("--alert-exec", metavar="CMD", help="Run CMD through the shell for each alert: the alert as JSON "
+              "on stdin, RECON_ALERT_HOST, RECON_ALERT_SERVICE, RECON_ALERT_STATE, RECON_ALERT_KIND set.")
+@click.option("--alert-webhook", metavar="URL", help="POST each alert as JSON to URL.")
+@click.option("--alert-email", metavar="ADDR", help="Mail each alert to ADDR (with --smtp).")
+@click.option("--smtp", metavar="HOST[:PORT]", help="The mail server for --alert-email (port 25 by default).")
+@state_option
+@no_color_option
+@reports_errors
+def watch(files: Sequence[str], hosts: Sequence[str], interval: float, count: int | None, fmt: str,
+          alert_exec: str | None, alert_webhook: str | None, alert_email: str | None, smtp: str | None,
+          state: str | None, no_color: bool) -> int:
+    """Watch the platform: status every interval, with an alert on each transition.
+
+    Each tick reads every host with one command, over SSH connections opened once. An alert fires once
+    when a condition starts and once more when it ends: a service becomes unhealthy, stops or fails
+    (also by hand), is restarted by systemd, runs another version than the spec's, or its host becomes
+    unreachable. What is already wrong at the first tick fires then. Ctrl-C ends it (exit 0).
+
+    \b
+    Examples:
+      recon watch -f specs/platform.yaml -f specs/overrides/local.yaml
+      recon watch -f … --interval 10 --alert-webhook https://alerts.example/recon
+      recon watch -f … --alert-email ops@example.com --smtp mail.example:25
+      recon watch -f … --count 1 --format json        # one tick, for scripts
+    """
+    from reconciler.render.watch import WatchView
+    from reconciler.runner import WatchRequest, run_watch
+
+    view = WatchView(fmt, use_color(no_color))
+    req = WatchRequest(tuple(files), tuple(hosts), interval, count, alert_exec, alert_webhook, alert_email, smtp,
+                       state)
+    try:
+        run_watch(req, view)
+    finally:
+        view.close()
+    return 0
+
+
 @main.command("force-unlock")
 @click.argument("lock_id", required=False)
 @state_option

@@ -94,6 +94,19 @@ class MetricsRequest:
 
 
 @dataclass(frozen=True)
+class WatchRequest:
+    files: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    interval: float = 5.0            # seconds from the start of one tick to the start of the next
+    count: int | None = None         # end after N ticks (None: until interrupted)
+    alert_exec: str | None = None    # a shell command: the alert as JSON on stdin, RECON_ALERT_* in its env
+    alert_webhook: str | None = None
+    alert_email: str | None = None
+    smtp: str | None = None          # HOST[:PORT] for alert_email
+    state: str | None = None
+
+
+@dataclass(frozen=True)
 class LogsRequest:
     files: tuple[str, ...]
     services: tuple[str, ...] = ()   # none: every service of the spec
@@ -192,6 +205,21 @@ class VersionsResult:
 class MetricsResult:
     services: list[Any]              # metrics.ServiceMetrics, per host and service
     errors: list[str] = field(default_factory=list)     # hosts that could not be read
+
+
+@dataclass
+class WatchTick:
+    tick: int
+    time: str
+    status: StatusResult
+    alerts: list[Any]                # watch.Alert: what fired or recovered since the last tick
+    sink_errors: list[str]           # alerts that could not be delivered
+    seconds: float                   # how long this tick's observation took
+
+
+@dataclass
+class WatchResult:
+    ticks: int
 
 
 @dataclass
@@ -364,6 +392,11 @@ def run_status(req: StatusRequest) -> StatusResult:
 
     run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
     pipeline.observe(run)
+    return status_of(run)
+
+
+def status_of(run: Any) -> StatusResult:
+    """The status rows of an observed run (`recon status`, and each tick of `recon watch`)."""
     rows: list[StatusRow] = []
     errors: list[str] = []
     for host, svcs in run.desired.items():
@@ -462,6 +495,50 @@ def run_metrics(req: MetricsRequest) -> MetricsResult:
         else:
             result.errors.append(f"{h}: reading metrics failed: {res.stderr.strip() or 'no answer'}")
     return result
+
+
+def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
+    """Observe every host each `interval` seconds over connections opened once, hand each tick to
+    `on_tick`, and send each alert (a transition) to the sinks asked for; until `count` ticks or Ctrl-C."""
+    import time
+
+    from reconciler import pipeline
+    from reconciler.state import now_iso
+    from reconciler.transport import Session
+    from reconciler.watch import send_email, send_exec, send_webhook, transitions
+
+    if req.alert_email and not req.smtp:
+        raise ReconError("--alert-email needs --smtp HOST[:PORT] (the mail server to send through)")
+    if req.interval <= 0:
+        raise ReconError(f"--interval {req.interval:g}: expected a positive number of seconds")
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
+    done = 0
+    before: StatusResult | None = None
+    try:
+        with Session(pipeline.hosts_in_scope(run)) as session:
+            while req.count is None or done < req.count:
+                t0 = time.monotonic()
+                pipeline.observe(run, session)
+                status = status_of(run)
+                seconds = time.monotonic() - t0
+                alerts = transitions(before, status, now_iso())
+                errors: list[str] = []
+                for alert in alerts:
+                    if req.alert_exec:
+                        errors.append(send_exec(req.alert_exec, alert) or "")
+                    if req.alert_webhook:
+                        errors.append(send_webhook(req.alert_webhook, alert) or "")
+                    if req.alert_email and req.smtp:
+                        errors.append(send_email(req.alert_email, req.smtp, alert) or "")
+                done += 1
+                on_tick(WatchTick(done, now_iso(), status, alerts, [e for e in errors if e], seconds))
+                before = status
+                if req.count is not None and done >= req.count:
+                    break
+                time.sleep(max(0.0, req.interval - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        pass
+    return WatchResult(done)
 
 
 def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
