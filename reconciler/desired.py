@@ -28,6 +28,7 @@ UNIT_KEYS: dict[str, str] = {
     "LimitNOFILE": "limits.nofile",
     "Restart": "restart.policy",
     "RestartSec": "restart.delay_s",
+    "TimeoutStopSec": "stop.timeout_s",
     "WatchdogSec": "restart.watchdog_s",
     "NoNewPrivileges": "hardening.no_new_privileges",
     "PrivateTmp": "hardening.private_tmp",
@@ -193,6 +194,7 @@ class DesiredService:
     secrets_text: str = field(default="", repr=False)
     ignore_drift: tuple[str, ...] = ()
     metrics_url: str | None = None
+    run: str = "running"            # stopped: deployed, disabled, not started (the platform's "Planned")
 
     @property
     def unit_sha(self) -> str:
@@ -256,6 +258,8 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
     lines.append(f"Restart={svc.restart_policy}")
     if svc.restart_delay_s is not None:
         lines.append(f"RestartSec={format_seconds(svc.restart_delay_s)}")
+    if svc.stop_timeout_s is not None:
+        lines.append(f"TimeoutStopSec={format_seconds(svc.stop_timeout_s)}")
     if svc.watchdog_s:
         lines.append(f"WatchdogSec={format_seconds(svc.watchdog_s)}")
     lim = svc.limits
@@ -322,6 +326,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         depends_on=svc.depends_on,
         health_url=expand(svc.health_url, values) if svc.health_url else None,
         metrics_url=expand(svc.metrics_url, values) if svc.metrics_url else None,
+        run=svc.run,
         health_timeout_s=svc.health_timeout_s,
         health_interval_s=svc.health_interval_s,
         health_status=svc.health_status,

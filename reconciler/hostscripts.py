@@ -75,13 +75,18 @@ def bounce_script(services: Sequence[tuple[DesiredService, Effect]], enable: boo
     """Bounce-and-check: enable the units (a wave's), start or restart those whose effect says so without
     touching their dependents, reload the others that reload, then wait for the health of every one of them
     at once (`RESULT` lines; `PROBE` lines while a check waits)."""
-    units = [d.unit_name for d, _ in services]
+    stopped = [d for d, _ in services if d.run == "stopped"]           # `run: stopped`: deployed, not started
+    running = [(d, e) for d, e in services if d.run != "stopped"]
+    units = [d.unit_name for d, _ in running]
     lines = [HEALTH_FN]
-    if enable:
+    if enable and units:
         lines.append(f"systemctl enable -q {' '.join(q(u) for u in units)} 2>&1 || true")
-    lines += bounce_lines([d.unit_name for d, e in services if e in (Effect.START, Effect.RESTART)],
-                          [d.unit_name for d, e in services if e == Effect.RELOAD])
-    lines += [check_line(d) + " &" for d, _ in services]
+    if stopped:
+        lines.append(f"systemctl disable -q --now {' '.join(q(d.unit_name) for d in stopped)} 2>&1 || true")
+        lines += [f"printf 'RESULT\\t%s\\tok\\t%s\\n' {q(d.service)} 'not started (run: stopped)'" for d in stopped]
+    lines += bounce_lines([d.unit_name for d, e in running if e in (Effect.START, Effect.RESTART)],
+                          [d.unit_name for d, e in running if e == Effect.RELOAD])
+    lines += [check_line(d) + " &" for d, _ in running]
     lines.append("wait")
     return "\n".join(lines)
 

@@ -83,6 +83,7 @@ LIVE_PROPS = (("MemoryMax", "MemoryMax"), ("MemoryHigh", "MemoryHigh"), ("TasksM
 # Unit keys whose systemd default is "no limit" (TasksMax defaults to DefaultTasksMax instead).
 _UNLIMITED_BY_DEFAULT = frozenset({"MemoryMax", "MemoryHigh", "CPUQuota"})
 _INFINITY = "infinity"
+_NOT_RUNNING = ("inactive", "failed")     # a `run: stopped` service is converged in these states
 # Run-time fields, the first present decides: the first four need a restart, "enabled" only `enable`.
 _RUNTIME_PATHS = ("state", "health", "running_version", "last_apply", "enabled")
 
@@ -493,9 +494,9 @@ def _fast_converged(d: DesiredService, o: ObservedService, salt: str) -> bool:
         and o.binary_sha == d.sha256
         and o.config_text == d.config_text
         and o.unit_text == d.unit_text
-        and props.get("ActiveState") == "active"
+        and (props.get("ActiveState") == "active" if d.run != "stopped" else props.get("ActiveState") in _NOT_RUNNING)
         and props.get("NeedDaemonReload", "no") != "yes"
-        and props.get("UnitFileState", "enabled") in ("enabled", "")
+        and props.get("UnitFileState", "enabled") in (("enabled", "") if d.run != "stopped" else ("disabled", ""))
         and _healthy(d, o)
         and (o.running_version in (None, d.version))
         and o.env_hash == d.secrets_hash(salt)
@@ -527,7 +528,10 @@ def _create(d: DesiredService, record: ServiceRecord | None, o: ObservedService 
     if o is not None and o.dropins:     # drop-ins left for a unit that is gone would apply to the new one
         fields += [f for f in _dropin_fields(o) if not _ignored(f.path, d.ignore_drift)]
     reason = "service is not on the host" + (" (removed outside recon)" if drift else "")
-    return Change(d.address, d.host, d.service, Action.CREATE, reason, Effect.START, fields=fields, drift=drift,
+    effect = Effect.START
+    if d.run == "stopped":
+        reason, effect = reason + "; run: stopped, so it is installed, not started", Effect.NONE
+    return Change(d.address, d.host, d.service, Action.CREATE, reason, effect, fields=fields, drift=drift,
                   to_version=d.version)
 
 
@@ -580,7 +584,13 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
     if o.unit_text == d.unit_text and props.get("NeedDaemonReload") == "yes":
         fields.append(FieldChange("unit.loaded", "outdated (daemon-reload pending)", "current", runtime_kind))
     active = props.get("ActiveState", "unknown")
-    if active != "active":
+    if d.run == "stopped":             # deployed, not started, not enabled (the platform's "Planned")
+        if active not in _NOT_RUNNING:
+            fields.append(FieldChange("state", active, "stopped (run: stopped)", runtime_kind, part=Part.RUNTIME))
+        if props.get("UnitFileState", "disabled") not in ("disabled", ""):
+            fields.append(FieldChange("enabled", props.get("UnitFileState"), "disabled", runtime_kind,
+                                      part=Part.RUNTIME))
+    elif active != "active":
         sub = props.get("SubState", "")
         fields.append(FieldChange("state", f"{active}" + (f" ({sub})" if sub and sub != active else ""),
                                   "active", runtime_kind, part=Part.RUNTIME))
@@ -588,7 +598,7 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
         assert o.health is not None
         fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind,
                                   part=Part.RUNTIME))
-    if props.get("UnitFileState", "enabled") not in ("enabled", ""):
+    if d.run != "stopped" and props.get("UnitFileState", "enabled") not in ("enabled", ""):
         fields.append(FieldChange("enabled", props.get("UnitFileState"), "enabled", runtime_kind, part=Part.RUNTIME))
     running = o.running_version
     if active == "active" and running is not None and running != d.version and o.current == d.version:
@@ -612,6 +622,10 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
         return Change(d.address, d.host, d.service, Action.NONE, "", Effect.NONE) if ignored else None
 
     action, effect, reason = _decide(d, o, kept)
+    if d.run == "stopped":             # nothing starts it: a running one is stopped, the rest stay down
+        effect = Effect.STOP if o.props.get("ActiveState", "unknown") not in _NOT_RUNNING else Effect.NONE
+        if action == Action.RESTART:
+            action, reason = Action.UPDATE, f"run: stopped, but the unit is {o.props.get('ActiveState')}"
     return Change(d.address, d.host, d.service, action, reason, effect, fields=kept,
                   drift=any(f.kind == Kind.DRIFT for f in kept), from_version=o.current, to_version=d.version)
 

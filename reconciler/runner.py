@@ -168,10 +168,11 @@ class StatusRow:
     restarts: int
     pid: int
     error: str | None = None   # why the host could not be observed
+    run: str = "running"       # the spec's `run`: a `stopped` service is fine when it does not run
 
     @property
     def on_desired(self) -> bool:
-        return self.running == self.desired
+        return self.running == self.desired or (self.run == "stopped" and self.running is None)
 
 
 @dataclass
@@ -418,9 +419,10 @@ def status_of(run: Any) -> StatusResult:
                 installed=o.current if o else None, running=o.running_version if o else None,
                 state=f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}" if props else "absent",
                 health=o.health.summary() if o and o.health else "-",
-                healthy=bool(o and o.health and o.health.ok),
+                healthy=(props.get("ActiveState") in ("inactive", "failed") if d.run == "stopped"
+                         else bool(o and o.health and o.health.ok)),
                 memory=_mib(props.get("MemoryCurrent")), memory_max=_mib(props.get("MemoryMax")),
-                restarts=int(props.get("NRestarts", "0") or 0), pid=o.main_pid if o else 0))
+                restarts=int(props.get("NRestarts", "0") or 0), pid=o.main_pid if o else 0, run=d.run))
     return StatusResult(rows, errors)
 
 

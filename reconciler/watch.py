@@ -53,6 +53,10 @@ def conditions(rows: Iterable[Any]) -> dict[tuple[str, str, AlertKind], str]:
         if r.state == "unreachable":
             out[(r.host, HOST_WIDE, AlertKind.UNREACHABLE)] = r.error or "unreachable"
             continue
+        if r.run == "stopped":          # the spec wants it down: only a running one is news
+            if r.state.startswith("active"):
+                out[(r.host, r.service, AlertKind.STOPPED)] = f"runs although the spec says run: stopped ({r.state})"
+            continue
         if not r.state.startswith("active"):
             out[(r.host, r.service, AlertKind.STOPPED)] = f"unit is {r.state}"
         elif not r.healthy and r.health != "-":

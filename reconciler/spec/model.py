@@ -105,6 +105,8 @@ class Service:
     ignore_drift: tuple[str, ...]
     description: str = ""
     metrics_url: str | None = None       # `metrics.http`; default http://127.0.0.1:{port}/metrics
+    run: str = "running"                 # running: enabled and started; stopped: deployed, not started
+    stop_timeout_s: float | None = None  # `stop.timeout_s` → TimeoutStopSec=
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -214,6 +216,9 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         description=s.get("description", ""),
         metrics_url=(s.get("metrics") or {}).get("http")
         or ("http://127.0.0.1:{port}/metrics" if s.get("port") is not None else None),
+        run=s.get("run", "running"),
+        stop_timeout_s=parse_duration((s.get("stop") or {})["timeout_s"]) if "timeout_s" in (s.get("stop") or {})
+        else None,
         raw=raw,
     )
 
