@@ -84,6 +84,8 @@ def exit_code(result: object, detailed: bool = False) -> int:
         return 1 if result.applied is not None and result.applied.failed else 0
     if isinstance(result, r.StatusResult):
         return 0 if result.ok else 1
+    if isinstance(result, r.OperateResult):
+        return 1 if result.failed else 0
     if isinstance(result, r.MetricsResult):
         return 1 if result.errors or any(m.error for m in result.services) else 0
     if isinstance(result, r.LogsResult | r.VersionsResult):
@@ -626,6 +628,72 @@ def watch(files: Sequence[str], hosts: Sequence[str], interval: float, count: in
     finally:
         view.close()
     return 0
+
+
+def _operate(op: str, services: Sequence[str], files: Sequence[str], hosts: Sequence[str], all_services: bool,
+             reason: str | None, yes: bool, lock_timeout: float, state: str | None, no_color: bool) -> int:
+    from reconciler.outcome import Event, EventKind
+    from reconciler.render.progress import Progress
+    from reconciler.runner import OperateRequest, run_operate
+
+    progress = Progress(use_color(no_color))
+
+    def confirm(text: str) -> None:
+        if not sys.stdin.isatty():
+            raise ReconError(f"{text}: pass --yes to go on")
+        if not click.confirm(f"{text}. Go on?", default=False):
+            raise ReconError("cancelled")
+
+    def on_event(host: str, service: str, ok: bool, detail: str) -> None:
+        progress(Event(EventKind.OK if ok else EventKind.FAIL, host, service, detail))
+
+    req = OperateRequest(op, tuple(files), tuple(services), tuple(hosts), all_services, reason, yes, lock_timeout,
+                         state)
+    result = run_operate(req, confirm, on_event)
+    for e in result.errors:
+        click.echo(f"Error: {e}", err=True)
+    done = sum(o.ok for o in result.outcomes)
+    click.echo(f"\n{op.capitalize()}: {done} of {len(result.outcomes)} done"
+               + (f" ({', '.join(result.order)})" if result.order else "") + ".")
+    return exit_code(result)
+
+
+def _operate_command(op: str, summary: str, example: str) -> None:
+    @click.argument("services", nargs=-1, metavar="[SERVICE]...")
+    @spec_option
+    @click.option("--host", "hosts", multiple=True, metavar="HOST", help="Only this host. Repeatable.")
+    @click.option("--all", "all_services", is_flag=True, help="Every service of the spec.")
+    @click.option("--reason", metavar="TEXT", help="Why: kept in the history (and, for stop, shown by the plan).")
+    @click.option("--yes", is_flag=True, help="Do not ask before touching dependents or dependencies too.")
+    @click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+                  help="Wait this long for another apply's lock.")
+    @state_option
+    @no_color_option
+    @reports_errors
+    def command(services: Sequence[str], files: Sequence[str], hosts: Sequence[str], all_services: bool,
+                reason: str | None, yes: bool, lock_timeout: float, state: str | None, no_color: bool) -> int:
+        return _operate(op, services, files, hosts, all_services, reason, yes, lock_timeout, state, no_color)
+
+    command.__doc__ = summary + f"""
+
+    Takes the state lock and is recorded in the history (who, when, why).
+
+    \b
+    Examples:
+      {example}
+      recon {op} --all -f specs/platform.yaml --reason "maintenance window" --yes
+    """
+    main.command(op)(command)
+
+
+_operate_command("stop", "Stop services, their dependents first (asking, or --yes), honouring stop.timeout_s.\n\n"
+                 "    The next plan shows each as stopped by recon stop (user, time, reason), and `recon apply`\n"
+                 "    starts it again unless the spec says run: stopped.",
+                 'recon stop control-center -f specs/platform.yaml --reason "disk swap"')
+_operate_command("start", "Start services, what they depend on first, each health-gated.",
+                 "recon start control-center -f specs/platform.yaml")
+_operate_command("restart", "Restart services in dependency order, health-gated like an apply; dependents keep "
+                 "running.", "recon restart orchestrator -f specs/platform.yaml --reason \"new certificate\"")
 
 
 @main.command("force-unlock")

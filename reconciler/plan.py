@@ -592,8 +592,11 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
                                       part=Part.RUNTIME))
     elif active != "active":
         sub = props.get("SubState", "")
-        fields.append(FieldChange("state", f"{active}" + (f" ({sub})" if sub and sub != active else ""),
-                                  "active", runtime_kind, part=Part.RUNTIME))
+        by = rec.stopped_by if rec is not None else None
+        why = (f" (stopped by recon stop: {by.get('user', '?')}, {by.get('time', '?')[:19].replace('T', ' ')}"
+               + (f", {by['reason']!r}" if by.get("reason") else "") + ")") if by else ""
+        fields.append(FieldChange("state", f"{active}" + (f" ({sub})" if sub and sub != active else "") + why,
+                                  "active", Kind.DRIFT if by else runtime_kind, part=Part.RUNTIME))
     elif not _healthy(d, o):
         assert o.health is not None
         fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind,

@@ -107,6 +107,19 @@ class WatchRequest:
 
 
 @dataclass(frozen=True)
+class OperateRequest:
+    op: str                          # operate.Op: start, stop, restart
+    files: tuple[str, ...]
+    services: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    all_services: bool = False
+    reason: str | None = None
+    yes: bool = False                # stop dependents (or start dependencies) without asking
+    lock_timeout: float = 0.0
+    state: str | None = None
+
+
+@dataclass(frozen=True)
 class LogsRequest:
     files: tuple[str, ...]
     services: tuple[str, ...] = ()   # none: every service of the spec
@@ -221,6 +234,18 @@ class WatchTick:
 @dataclass
 class WatchResult:
     ticks: int
+
+
+@dataclass
+class OperateResult:
+    order: list[str]                 # the services, in the order they went
+    added: list[str]                 # dependents (stop) or dependencies (start) beyond those named
+    outcomes: list[Any] = field(default_factory=list)    # operate.OpOutcome per host and service
+    errors: list[str] = field(default_factory=list)      # hosts that could not be reached
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(not o.ok for o in self.outcomes)
 
 
 @dataclass
@@ -541,6 +566,39 @@ def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
     except KeyboardInterrupt:
         pass
     return WatchResult(done)
+
+
+def run_operate(req: OperateRequest, confirm: Any, on_event: Any) -> OperateResult:
+    """`recon start|stop|restart`: under the state lock, dependency-aware, recorded; `confirm(text)` is asked
+    before touching services beyond those named (unless `yes`) and raises to cancel."""
+    import gevent
+
+    from reconciler import pipeline
+    from reconciler.operate import Op, Operator, order
+    from reconciler.state import StateStore
+    from reconciler.transport import Session
+
+    op = Op(req.op)
+    if not req.services and not req.all_services:
+        raise ReconError(f"recon {op}: name the services (or --all for every service of the spec)")
+    store = StateStore(pipeline.state_dir(req.state))
+    what = " ".join(req.services) or "--all"
+    with store.lock(f"recon {op} {what}" + (f" ({req.reason})" if req.reason else ""), timeout=req.lock_timeout):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False)
+        names = list(req.services) or list(run.spec.services)
+        ordered, added = order(run.spec, names, op)
+        result = OperateResult(ordered, added)
+        if added and not req.yes:
+            which = "its dependents" if op == Op.STOP else "what it depends on"
+            confirm(f"recon {op} {' '.join(names)} also {op}s {which}: {', '.join(added)}")
+        scope = pipeline.hosts_in_scope(run)
+        per_host = {h: [n for n in ordered if n in run.desired[h]] for h in scope}
+        with Session({h: scope[h] for h, ns in per_host.items() if ns}) as session:
+            result.errors += [session.errors[h] for h in per_host if h in session.errors]
+            operator = Operator(run, session, op, req.reason, on_event)
+            gevent.joinall([gevent.spawn(operator.host, h, per_host[h]) for h in session.connected])
+            result.outcomes = operator.outcomes
+    return result
 
 
 def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:

@@ -83,6 +83,8 @@ class ServiceRecord:
     # the last apply changed this release's config, unit or secrets in place and kept the earlier files
     # beside them (`*.prev`): `recon rollback` without --to undoes that change first
     in_place: bool = False
+    # set by `recon stop` (user, time, reason): the next plan says who stopped it, apply starts it again
+    stopped_by: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,6 +139,8 @@ _TYPE_CHECKS: dict[str, tuple[str, Any]] = {  # ServiceRecord's annotations (str
     "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "dict[str, str] | None": ("an object of strings or null", lambda v: v is None or (
+        isinstance(v, dict) and all(isinstance(x, str) for x in v.values()))),
     "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "RecordStatus": ("one of " + ", ".join(RecordStatus), lambda v: v in {str(x) for x in RecordStatus}),
     "list[str] | None": ("a list of strings or null",
