@@ -388,3 +388,32 @@ def test_build_rejects_bad_names(tmp_path: Path) -> None:
         standin_build.build(tmp_path, [("../evil", "1.0")])
     with pytest.raises(ValueError):
         standin_build.artifact_bytes("orchestrator", '1.0"; import os')
+
+
+def test_platform_fields_in_health_and_metrics(artifacts: Artifacts, tmp_path: Path) -> None:
+    """The platform's /health fields (database settable from the config, for expect_json) and its series."""
+    with run_standin(artifacts[ORCH], tmp_path, "[standin]\nactive_workflows = 5\nqueued_tasks = 12\n") as s:
+        code, body = s.health()
+        assert code == 200 and (body["database"], body["active_workflows"], body["queued_tasks"]) == (
+            "connected", 5, 12)
+        text = s.get("/metrics")[2].decode()
+        for series in ("provisioning_workflows_total", "provisioning_workflows_active 5",
+                       "provisioning_tasks_queued", "provisioning_tasks_completed"):
+            assert any(line.startswith(series.split()[0] + "{") for line in text.splitlines()), series
+        assert re.search(r'^provisioning_workflows_active\{[^}]*\} 5$', text, re.M)
+    with run_standin(artifacts[ORCH], tmp_path, '[standin]\ndatabase = "disconnected"\n') as s:
+        assert s.health() == (200, {**s.health()[1], "database": "disconnected"})
+
+
+def test_log_level_and_log_file(artifacts: Artifacts, tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    with run_standin(artifacts[ORCH], tmp_path, f'[standin]\nlog_file = "{log}"\n',
+                     env={"PROVISIONING_LOG_LEVEL": "debug"}) as s:
+        s.get("/health")
+        wait_until(lambda: "GET /health 200" in s.stderr(), what="the debug line")
+        assert " debug: GET /health 200" in log.read_text()
+    (tmp_path / "stderr.log").unlink()
+    with run_standin(artifacts[ORCH], tmp_path, "", env={"PROVISIONING_LOG_LEVEL": "error"}) as s:
+        s.get("/health")
+        time.sleep(0.3)
+        assert " info: " not in s.stderr() and " debug: " not in s.stderr()

@@ -15,7 +15,10 @@ systemd hardening and writes nothing to disk.
 
 Config (TOML): ``[server] host`` (default 127.0.0.1) and ``port`` (``--port`` overrides; default: the
 service's platform port), ``[standin] healthy = false`` reports unhealthy, ``[standin] fail_start =
-true`` exits 1 at start, ``[standin] ready_delay_seconds`` delays listening/READY. A version
+true`` exits 1 at start, ``[standin] ready_delay_seconds`` delays listening/READY; ``[standin]
+database`` (default "connected"), ``active_workflows`` and ``queued_tasks`` are what /health and /metrics
+report for the platform's fields; ``[standin] log_file`` also appends every log line to that file.
+It logs at PROVISIONING_LOG_LEVEL (trace, debug, info, warn, error; default info). A version
 containing "unhealthy" reports unhealthy. SIGHUP re-reads the config (a bad config is rejected and
 the old one kept); SIGTERM/SIGINT stop gracefully with exit status 0. When NOTIFY_SOCKET is set it
 sends READY=1, RELOADING=1/READY=1 around reloads, WATCHDOG=1 every WATCHDOG_USEC/2 and
@@ -78,20 +81,33 @@ def _journal_prefixes() -> bool:
     return st.st_dev == dev and st.st_ino == ino
 
 
-_PRIORITY = {"info": 6, "warning": 4, "error": 3}
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3}
+_RANK = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4}
 _USE_PRIORITY = _journal_prefixes()
 _LOG_LOCK = threading.Lock()
+LOG_FILE: list[str] = []          # ``[standin] log_file``, set once the config is read
 
 
 def log(message: str, level: str = "info") -> None:
+    """One line to stderr (with a <N> priority prefix when it is the journal) at or above
+    PROVISIONING_LOG_LEVEL, and to the log file when one is configured."""
+    wanted = _RANK.get(os.environ.get("PROVISIONING_LOG_LEVEL", "info").lower(), _RANK["info"])
+    if _RANK[level] < wanted:
+        return
     prefix = f"<{_PRIORITY[level]}>" if _USE_PRIORITY else ""
-    line = f"{prefix}{SERVICE} {VERSION} [{os.getpid()}] {level}: {message}\n"
+    text = f"{SERVICE} {VERSION} [{os.getpid()}] {level}: {message}\n"
     with _LOG_LOCK:
         try:
-            sys.stderr.write(line)
+            sys.stderr.write(prefix + text)
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        for path in LOG_FILE:
+            try:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + text)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- sd_notify
@@ -255,8 +271,13 @@ class State:
             "labels_sha256": [hashlib.sha256(os.fsencode(label)).hexdigest() for label in self.labels],
         }
 
+    def platform_figure(self, key: str) -> int:
+        value = section(self.config, "standin").get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
     def count_request(self, method: str, path: str, code: int) -> None:
         key = (method, path if path in KNOWN_PATHS else "other", code)
+        log(f"{method} {key[1]} {code}", "debug")
         with self.lock:
             self.requests[key] = self.requests.get(key, 0) + 1
 
@@ -273,6 +294,9 @@ class State:
                 "pid": os.getpid(),
                 "port": self.port,
                 "secrets_present": self.secrets_present(),
+                "database": str(section(self.config, "standin").get("database", "connected")),
+                "active_workflows": self.platform_figure("active_workflows"),
+                "queued_tasks": self.platform_figure("queued_tasks"),
             }
             if reasons:
                 body["reasons"] = reasons
@@ -293,6 +317,13 @@ class State:
                     [({}, 0 if self.unhealthy_reasons() else 1)],
                 ),
                 ("provisioning_build_info", "gauge", "Build information (always 1).", [({}, 1)]),
+                ("provisioning_workflows_total", "counter", "Workflows started.",
+                 [({}, self.platform_figure("active_workflows") + self.platform_figure("completed_tasks"))]),
+                ("provisioning_workflows_active", "gauge", "Workflows running now.",
+                 [({}, self.platform_figure("active_workflows"))]),
+                ("provisioning_tasks_queued", "gauge", "Tasks waiting.", [({}, self.platform_figure("queued_tasks"))]),
+                ("provisioning_tasks_completed", "counter", "Tasks completed.",
+                 [({}, self.platform_figure("completed_tasks"))]),
                 ("provisioning_uptime_seconds", "gauge", "Seconds since start.", [({}, f"{uptime:.3f}")]),
                 (
                     "provisioning_config_generation",
@@ -426,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         log(str(exc), "error")
         return 1
     standin = section(config, "standin")
+    if isinstance(standin.get("log_file"), str):
+        LOG_FILE.append(standin["log_file"])
     if standin.get("fail_start", False) is True:
         log("start failure requested by config ([standin] fail_start = true)", "error")
         return 1
