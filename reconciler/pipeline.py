@@ -130,16 +130,17 @@ def hosts_in_scope(run: Run) -> dict[str, Host]:
 
 
 def observe(run: Run, session: Any | None = None) -> dict[str, ObservedHost]:
-    """Observe the hosts in scope (one batched command each), opening a session unless given one."""
+    """Observe the hosts in scope (one batched command each), opening a session unless given one: the
+    read-only OpenSSH session (`openssh.observe_session`); apply passes its pyinfra session."""
     from reconciler.observe import observe_hosts
-    from reconciler.transport import Session
+    from reconciler.openssh import observe_session
 
     scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
     if session is not None:
         run.observed = observe_hosts(session, targets, run.salt)
         return run.observed
-    with Session(scope) as s:
+    with observe_session(scope) as s:
         run.observed = observe_hosts(s, targets, run.salt)
     return run.observed
 
