@@ -4,17 +4,23 @@ host-key checking. No gevent, paramiko or pyinfra is imported unless a host cann
 host is tried again through `transport.Session` (pyinfra), whose error says exactly why (a changed host
 key is found as paramiko's exception, not in ssh's text). `apply` and `rollback` stay on pyinfra.
 
+`open(early=True)` starts each host's `ssh` at once, its remote shell waiting for a script on stdin, so
+the SSH login overlaps what recon does before it knows the command (imports, desired state); the first
+command of each host is then written to that shell as one `{ ...; } </dev/null` group (parsed whole
+before it runs, so nothing in it can read the rest of the script).
+
 `RECON_OBSERVE_VIA=pyinfra` makes `observe_session` return pyinfra's Session (the benchmark compares both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +68,8 @@ class OpenSSHSession:
     commands: dict[str, int] = field(default_factory=dict)
     _up: dict[str, Host] = field(default_factory=dict)
     _fallback: Any = None     # transport.Session for the hosts ssh could not reach
+    _pending: dict[str, subprocess.Popen[str]] = field(default_factory=dict)   # started early, no command yet
+    while_waiting: Callable[[], None] | None = None   # run once by `run_many` while the hosts answer
 
     def __enter__(self) -> OpenSSHSession:
         self.open()
@@ -70,7 +78,7 @@ class OpenSSHSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self) -> None:
+    def open(self, early: bool = False) -> None:
         for name, h in self.hosts.items():
             problem = None if h.is_local or not h.ssh_key else ssh_key_problem(h.ssh_key)
             if problem:
@@ -78,8 +86,20 @@ class OpenSSHSession:
                 continue
             self._up[name] = h
             self.commands[name] = 0
+            if early and not h.is_local:
+                with contextlib.suppress(OSError):   # then the command starts its own ssh
+                    self._pending[name] = subprocess.Popen(
+                        [*ssh_argv(h, self.connect_timeout), "sh -s"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def close(self) -> None:
+        for p in self._pending.values():   # never given a command: end of input ends its remote shell
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                p.communicate(input="", timeout=5)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self._pending.clear()
         if self._fallback is not None:
             self._fallback.close()
             self._fallback = None
@@ -98,6 +118,15 @@ class OpenSSHSession:
     def _exec(self, name: str, command: str, timeout: int | None, stdin: str | None) -> tuple[int, str, str]:
         if stdin is not None and not stdin.endswith("\n"):
             stdin += "\n"
+        early = self._pending.pop(name, None) if stdin is None else None
+        if early is not None:
+            try:
+                out, err = early.communicate(input="{\n" + command + "\n} </dev/null\n", timeout=timeout)
+            except subprocess.TimeoutExpired:
+                early.kill()
+                early.communicate()
+                return -1, "", f"TimeoutError: no answer within {timeout} s"
+            return early.returncode, out, err
         try:
             p = subprocess.run(self._argv(name, command), input=stdin, capture_output=True, text=True,
                                timeout=timeout, stdin=None if stdin is not None else subprocess.DEVNULL)
@@ -113,16 +142,24 @@ class OpenSSHSession:
 
     def run_many(self, commands: Mapping[str, str], timeout: int | None = None, stdin: str | None = None
                  ) -> dict[str, CommandResult]:
-        """One command per host, all hosts at once (a thread waits on each host's ssh)."""
+        """One command per host, all hosts at once (a thread waits on each host's ssh, while this one
+        runs `while_waiting`, if set, once)."""
         names = [n for n in commands if n in self._up]
         for n in names:
             self.commands[n] += 1
-        if len(names) == 1:
-            raw = {names[0]: self._exec(names[0], commands[names[0]], timeout, stdin)}
-        else:
-            with ThreadPoolExecutor(max_workers=max(1, min(len(names), 64))) as pool:
-                futures = {n: pool.submit(self._exec, n, commands[n], timeout, stdin) for n in names}
-                raw = {n: f.result() for n, f in futures.items()}
+        raw: dict[str, tuple[int, str, str]] = {}
+
+        def one(n: str) -> None:
+            raw[n] = self._exec(n, commands[n], timeout, stdin)
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        warm, self.while_waiting = self.while_waiting, None
+        if warm is not None:
+            warm()
+        for t in threads:
+            t.join()
         out: dict[str, CommandResult] = {}
         unreached: list[str] = []
         for n, (code, stdout, stderr) in raw.items():
@@ -170,9 +207,19 @@ class OpenSSHSession:
 
 def observe_session(hosts: Mapping[str, Host]) -> Any:
     """The session `plan`, `status` and `drift` observe through: OpenSSH when `ssh` is on the PATH,
-    else (or with RECON_OBSERVE_VIA=pyinfra) pyinfra's."""
+    else (or with RECON_OBSERVE_VIA=pyinfra) pyinfra's. Not opened yet."""
     if os.environ.get("RECON_OBSERVE_VIA") == "pyinfra" or shutil.which("ssh") is None:
         from reconciler.transport import Session
 
         return Session(hosts)
     return OpenSSHSession(hosts)
+
+
+def connect_early(hosts: Mapping[str, Host]) -> OpenSSHSession | None:
+    """An OpenSSH session whose logins have started (`open(early=True)`), or None where the OpenSSH path
+    is not used; the caller closes it."""
+    session = observe_session(hosts)
+    if not isinstance(session, OpenSSHSession):
+        return None
+    session.open(early=True)
+    return session
