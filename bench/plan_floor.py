@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", type=int, default=20, help="hosts of the large setup (default 20)")
     ap.add_argument("--keep", action="store_true", help="leave the hosts running (and skip booting if up)")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--settle", type=float, default=45,
+                    help="seconds to wait after the applies before timing (the hosts' start-up settles)")
     args = ap.parse_args(argv)
     pool = TestHosts()
     if not args.keep:
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             t = timed([*recon_argv("apply", layer, tag), "--auto-approve"], env)
             print(f"apply {tag} host(s): {t:.1f} s", file=sys.stderr, flush=True)
         h = small[0]
+        load = 0.0
         cases: dict[str, tuple[list[str], dict[str, str]]] = {
             "ssh true": (["ssh", "-i", str(pool.key), "-o", "StrictHostKeyChecking=yes", "-o",
                           f"UserKnownHostsFile={pool.known_hosts}", "-o", "BatchMode=yes", f"root@{h.address}",
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             for tag, layer in setups.items():
                 e = {**env, "RECON_OBSERVE_VIA": via}
                 cases[f"plan {tag} ({via})"] = ([*recon_argv("plan", layer, tag), "--detailed-exitcode"], e)
+        time.sleep(args.settle)
+        load = os.getloadavg()[0]
         for a, e in cases.values():   # warm-up: page cache, sshd, the spec cache
             timed(a, e)
         times: dict[str, list[float]] = {k: [] for k in cases}
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.down()
     med = {k: statistics.median(v) for k, v in times.items()}
     n = str(args.large)
-    print(f"\n{args.runs} runs each, interleaved; load average {os.getloadavg()[0]:.1f}\n")
+    print(f"\n{args.runs} runs each, interleaved; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print("| command | median | min |")
     print("| --- | ---: | ---: |")
     for k, v in times.items():

@@ -46,6 +46,8 @@ def ssh_argv(h: Host, connect_timeout: int = 10) -> list[str]:
     master connection (one made elsewhere with laxer options would skip the host-key check), never a
     write to known_hosts. The remote command follows."""
     known = os.path.expanduser(h.known_hosts or "~/.ssh/known_hosts")
+    if " " in known:   # ssh splits the option's value at spaces into several files, unless quoted
+        known = f'"{known}"'
     argv = ["ssh", "-T", "-x", "-p", str(h.port),
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",

@@ -109,7 +109,24 @@ def test_openssh_refuses_a_changed_or_unknown_host_key_before_running_anything(t
         assert res == {} and s.connected == [] and "HOST KEY MISMATCH" in s.errors["node1"], (res, s.errors)
     assert _exec(testhost, f"ls {marker} 2>/dev/null") == ""
     # and with the right known_hosts it gets in, in one command
-    with OpenSSHSession({"node1": Host("node1", entry["address"], user=entry.get("user"),
-                                       ssh_key=entry.get("ssh_key"), known_hosts=entry.get("known_hosts"))}) as s:
+    right = Host("node1", entry["address"], user=entry.get("user"), ssh_key=entry.get("ssh_key"),
+                 known_hosts=entry.get("known_hosts"))
+    with OpenSSHSession({"node1": right}) as s:
         res = s.run_many({"node1": "echo in"})
         assert res["node1"].ok and res["node1"].stdout == "in\n" and s.commands == {"node1": 1}, res
+    # logged in early, the script goes to the waiting shell whole: a command in it that reads stdin
+    # reads nothing of the rest; a second command opens its own ssh
+    s = OpenSSHSession({"node1": right})
+    s.open(early=True)
+    try:
+        res = s.run_many({"node1": "cat; echo after; exit 3"})
+        assert not res["node1"].ok and res["node1"].stdout == "after\n", res
+        assert s.run("node1", "echo again").stdout == "again\n" and s.commands == {"node1": 2}
+    finally:
+        s.close()
+    # an early session never given a command ends its ssh at close
+    s = OpenSSHSession({"node1": right})
+    s.open(early=True)
+    pending = list(s._pending.values())
+    s.close()
+    assert pending and all(p.returncode is not None for p in pending)
