@@ -20,12 +20,12 @@ import time
 def one_run(files: list[str], state: str, hosts: list[str]) -> dict[str, float]:
     t0 = time.perf_counter()
     from reconciler import pipeline
-    from reconciler.transport import Session
+    from reconciler.openssh import observe_session
 
     t1 = time.perf_counter()
     run = pipeline.prepare(files, state, hosts=hosts)
     t2 = time.perf_counter()
-    session = Session(pipeline.hosts_in_scope(run))
+    session = observe_session(pipeline.hosts_in_scope(run))   # RECON_OBSERVE_VIA=pyinfra: the pyinfra one
     session.open()
     t3 = time.perf_counter()
     pipeline.observe(run, session)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.spec.model import Host
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,23 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "the
     hint = did_you_mean(name, names)
     listing = f" ({kind}s: {', '.join(names)})" if names and not hint else ""
     return ReconError(f"no {kind} {name!r} in {where}.{hint}{listing}".replace(". (", " ("))
+
+
+def connect_error_message(h: Host, msg: str, key_mismatch: bool = False) -> str:
+    """Why a host could not be reached, with a hint; a changed host key is called a mismatch and never
+    comes with advice to accept it (shared by the pyinfra and the OpenSSH sessions)."""
+    where = "locally" if h.is_local else f"{h.user + '@' if h.user else ''}{h.address}:{h.port}"
+    hint = ""
+    low = msg.lower()
+    known = h.known_hosts or "~/.ssh/known_hosts"
+    if key_mismatch:  # never suggest accepting the new key: that is what an attacker would want
+        return (f"cannot connect to host {h.name!r} ({where}): HOST KEY MISMATCH: the key {h.address} presented "
+                f"differs from the one recorded for it in {known}. The host's identity changed: it was "
+                "reinstalled or re-keyed, or someone is intercepting the connection (possibly an attack). "
+                "recon did not log in and changed nothing. Find out why before you connect; compare the "
+                "fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)")
+    if "host key" in low or "not found in known_hosts" in low or "unknown host" in low:
+        hint = f" (host key not in {known}; add it with ssh-keyscan after checking it)"
+    elif "auth" in low:
+        hint = " (authentication failed: check `user` and `ssh_key`)"
+    return f"cannot connect to host {h.name!r} ({where}): {msg}{hint}"

@@ -6,22 +6,24 @@ and closing host connections); each stage it calls stays pure or single-purpose.
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.desired import DesiredService, desired_state, sha256_text
 from reconciler.errors import ReconError, SpecError, unknown_name
-from reconciler.observe import ObservedHost, Target
-from reconciler.ownership import dirs_of
-from reconciler.plan import Plan, make_plan
 from reconciler.spec import Spec, load_spec
 from reconciler.spec.checks import ssh_key_problems
 from reconciler.spec.model import Host, Secret
 from reconciler.state import State, StateStore
+
+if TYPE_CHECKING:   # desired, observe and plan are imported when used: after an early connect has started
+    from reconciler.desired import DesiredService
+    from reconciler.observe import ObservedHost, Target
+    from reconciler.plan import Plan
 
 DEFAULT_STATE_DIR = "state"
 
@@ -69,6 +71,9 @@ def with_dependencies(spec: Spec, names: Iterable[str]) -> set[str]:
 
 def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -> dict[str, list[Target]]:
     """What to observe per host: the desired services, and services recon applied there before."""
+    from reconciler.observe import Target
+    from reconciler.ownership import dirs_of
+
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
@@ -94,11 +99,12 @@ class Run:
     plan: Plan | None = None
     targets: set[str] | None = None
     hosts: set[str] | None = None
+    early: Any = None      # an OpenSSH session already logging in (`prepare(connect_early=True)`)
 
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
             hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = (),
-            secrets: bool = True) -> Run:
+            secrets: bool = True, connect_early: bool = False) -> Run:
     """Load and check the spec, render desired state, read recon's state. No host is contacted, and
     nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
     in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply.
@@ -117,12 +123,24 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     key_problems = ssh_key_problems(spec.merged, {h: spec.hosts[h] for h in spec.hosts if h in used})
     if key_problems:
         raise SpecError(key_problems)
-    store = StateStore(state_dir(state_option))
-    state = store.load()
-    salt = state.lineage or lineage or str(uuid.uuid4())
-    state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
-    desired = desired_state(spec, secret_lookup if secrets else None)   # read-outs need no secret values
-    return Run(spec, store, state, salt, desired, targets=wanted, hosts=set(hosts) if hosts else None)
+    early = None
+    if connect_early:
+        from reconciler.openssh import connect_early as start
+
+        early = start({h: spec.hosts[h] for h in sorted(used)})
+    try:
+        from reconciler.desired import desired_state
+
+        store = StateStore(state_dir(state_option))
+        state = store.load()
+        salt = state.lineage or lineage or str(uuid.uuid4())
+        state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
+        desired = desired_state(spec, secret_lookup if secrets else None)   # read-outs need no secret values
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    return Run(spec, store, state, salt, desired, targets=wanted, hosts=set(hosts) if hosts else None, early=early)
 
 
 def hosts_in_scope(run: Run) -> dict[str, Host]:
@@ -130,22 +148,42 @@ def hosts_in_scope(run: Run) -> dict[str, Host]:
     return {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
 
 
-def observe(run: Run, session: Any | None = None) -> dict[str, ObservedHost]:
-    """Observe the hosts in scope (one batched command each), opening a session unless given one."""
+def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> dict[str, ObservedHost]:
+    """Observe the hosts in scope (one batched command each), opening a session unless given one: the
+    read-only OpenSSH session (`openssh.observe_session`); apply passes its pyinfra session. The modules
+    named in `warm` are imported while the hosts answer (what the caller needs next)."""
     from reconciler.observe import observe_hosts
-    from reconciler.transport import Session
+    from reconciler.openssh import observe_session
 
     scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
+    early, run.early = run.early, None
     if session is not None:
+        if early is not None:
+            early.close()
         run.observed = observe_hosts(session, targets, run.salt)
         return run.observed
-    with Session(scope) as s:
+    if early is not None and set(early.hosts) == set(scope):
+        def warm_up() -> None:
+            for module in warm:
+                importlib.import_module(module)
+
+        early.while_waiting = warm_up
+        try:
+            run.observed = observe_hosts(early, targets, run.salt)
+        finally:
+            early.close()
+        return run.observed
+    if early is not None:
+        early.close()
+    with observe_session(scope) as s:
         run.observed = observe_hosts(s, targets, run.salt)
     return run.observed
 
 
 def plan(run: Run, refresh_only: bool = False) -> Plan:
+    from reconciler.plan import make_plan
+
     p = make_plan(run.desired, run.observed, run.state, run.salt, refresh_only=refresh_only,
                   targets=run.targets, hosts=run.hosts)
     p.spec_files = list(run.spec.files)
@@ -155,6 +193,8 @@ def plan(run: Run, refresh_only: bool = False) -> Plan:
 
 
 def _digest(text: str | None) -> str | None:
+    from reconciler.desired import sha256_text
+
     return None if text is None else sha256_text(text)[:16]
 
 

@@ -286,8 +286,8 @@ def run_plan(req: PlanRequest) -> PlanResult:
     """Observe, diff, and (with `out`) save the plan. Nothing is changed anywhere."""
     from reconciler import pipeline
 
-    run = pipeline.prepare(req.files, req.state, req.targets, req.hosts)
-    pipeline.observe(run)
+    run = pipeline.prepare(req.files, req.state, req.targets, req.hosts, connect_early=True)
+    pipeline.observe(run, warm=("reconciler.plan", "reconciler.render"))
     plan = pipeline.plan(run, refresh_only=req.refresh_only)
     if req.out:
         from reconciler.planfile import save_plan
@@ -416,7 +416,7 @@ def run_status(req: StatusRequest) -> StatusResult:
     """Desired vs running version, systemd state, health and memory per host and service."""
     from reconciler import pipeline
 
-    run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False, connect_early=True)
     pipeline.observe(run)
     return status_of(run)
 

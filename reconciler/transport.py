@@ -30,6 +30,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
+from reconciler.errors import connect_error_message
 from reconciler.spec.checks import ssh_key_problem
 from reconciler.spec.model import Host
 
@@ -156,7 +157,7 @@ class Session:
         for name, msg in list(self.errors.items()):
             if name in by_key:
                 continue
-            self.errors[name] = _explain_connect_error(self.hosts[name], msg, name in self.mismatched)
+            self.errors[name] = connect_error_message(self.hosts[name], msg, name in self.mismatched)
 
     def close(self) -> None:
         for host in self.by_name.values():
@@ -236,21 +237,3 @@ def forget_known_hosts_cache() -> None:
     cache = getattr(get_host_keys, "cache", None)
     if isinstance(cache, dict):
         cache.clear()
-
-
-def _explain_connect_error(h: Host, msg: str, key_mismatch: bool = False) -> str:
-    where = "locally" if h.is_local else f"{h.user + '@' if h.user else ''}{h.address}:{h.port}"
-    hint = ""
-    low = msg.lower()
-    known = h.known_hosts or "~/.ssh/known_hosts"
-    if key_mismatch:  # never suggest accepting the new key: that is what an attacker would want
-        return (f"cannot connect to host {h.name!r} ({where}): HOST KEY MISMATCH: the key {h.address} presented "
-                f"differs from the one recorded for it in {known}. The host's identity changed: it was "
-                "reinstalled or re-keyed, or someone is intercepting the connection (possibly an attack). "
-                "recon did not log in and changed nothing. Find out why before you connect; compare the "
-                "fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)")
-    if "host key" in low or "not found in known_hosts" in low or "unknown host" in low:
-        hint = f" (host key not in {known}; add it with ssh-keyscan after checking it)"
-    elif "auth" in low:
-        hint = " (authentication failed: check `user` and `ssh_key`)"
-    return f"cannot connect to host {h.name!r} ({where}): {msg}{hint}"
