@@ -90,9 +90,8 @@ def exit_code(result: object, detailed: bool = False) -> int:
         return 1 if result.errors or any(m.error for m in result.services) else 0
     if isinstance(result, r.LogsResult | r.VersionsResult):
         return 1 if result.errors else 0
-    from reconciler.review.model import SpecDiff
-
-    if isinstance(result, SpecDiff):
+    review = sys.modules.get("reconciler.review.model")    # not loaded: the result is no diff (and stays cheap)
+    if review is not None and isinstance(result, review.SpecDiff):
         return result.exit_code     # 0 no changes, 2 changes, 1 HEAD invalid or an error-level risk
     return 0
 

@@ -236,3 +236,11 @@ def test_fast_commands_do_not_import_heavy_modules(args):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "HEAVY=", r.stderr
+
+
+def test_validate_does_not_load_the_plan_or_rich() -> None:
+    """validate stays quick: its renderer is a small module; the plan's renderers come on first use."""
+    mods = ("rich", "reconciler.plan", "reconciler.render.text", "reconciler.review.model")
+    r = subprocess.run([sys.executable, "-c", IMPORT_PROBE.format(heavy=mods), "validate", "-f", PLATFORM],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.strip().splitlines()[-1] == "HEAVY=", r.stderr
