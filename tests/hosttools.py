@@ -19,6 +19,17 @@ from testhosts import TestHost
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY = "canary-Zq8vT3-secret-value"
+# Runs the CLI in one process and prints, last on stderr, which of the modules {heavy} it imported.
+IMPORT_PROBE = """
+import sys
+from reconciler.cli import main
+try:
+    main(sys.argv[1:], prog_name="recon")
+except SystemExit as exc:
+    code = exc.code
+print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
 
 
 def recon(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 240,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hosttools import IMPORT_PROBE
 
 REPO = Path(__file__).resolve().parents[1]
 RECON = str(Path(sys.executable).with_name("recon"))
@@ -213,16 +214,6 @@ def test_python_dash_m_reconciler_is_recon():
     assert r.returncode == 0 and r.stdout.startswith("Valid: 9 services"), r.stderr
 
 
-IMPORT_PROBE = """
-import sys
-from reconciler.cli import main
-try:
-    main(sys.argv[1:], prog_name="recon")
-except SystemExit as exc:
-    code = exc.code
-print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
-sys.exit(code)
-"""
 
 
 @pytest.mark.parametrize("args", [

@@ -11,23 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hosttools import CANARY, Mini, _exec
+from hosttools import CANARY, IMPORT_PROBE, Mini, _exec
 
 from reconciler.openssh import OpenSSHSession, ssh_argv
 from reconciler.spec.model import Host
 from testhosts import TestHost
 
 HEAVY = ("pyinfra", "gevent", "paramiko", "deepdiff")
-IMPORT_PROBE = """
-import sys
-from reconciler.cli import main
-try:
-    main(sys.argv[1:], prog_name="recon")
-except SystemExit as exc:
-    code = exc.code
-print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def probe(m: Mini, *args: str, check: int = 0) -> tuple[list[str], str]:

@@ -553,7 +553,8 @@ def test_misspelt_git_ref_and_spec_file_suggest_the_closest(repo: Path) -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_recon_diff_imports_no_heavy_module(layers: Path, fmt: str) -> None:
-    from test_cli_validate import HEAVY, IMPORT_PROBE
+    from hosttools import IMPORT_PROBE
+    from test_cli_validate import HEAVY
 
     r = subprocess.run([sys.executable, "-c", IMPORT_PROBE.format(heavy=HEAVY), "diff", "specs/overrides/local.yaml",
                         "specs/overrides/local-b.yaml", "-f", "specs/platform.yaml", "--format", fmt],
