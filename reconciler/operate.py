@@ -9,9 +9,7 @@ out over SSH under the state lock, recorded in the state and the history (`Opera
 
 from __future__ import annotations
 
-import getpass
 import shlex
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,7 +18,7 @@ from typing import Any
 from reconciler import hostscripts as hs
 from reconciler.plan import Effect
 from reconciler.spec import Spec
-from reconciler.state import now_iso
+from reconciler.state import current_user, now_iso
 from reconciler.waves import waves
 
 
@@ -72,7 +70,10 @@ class Operator:
     order on each host); `on_event(host, service, ok, detail)` hears each step as it ends."""
 
     def __init__(self, run: Any, session: Any, op: Op, reason: str | None, on_event: Callable[..., None]) -> None:
+        from reconciler.recorder import Recorder
+
         self.run, self.session, self.op, self.reason, self.on_event = run, session, op, reason, on_event
+        self.recorder = Recorder(run.store, run.state, run.salt, command=f"recon {op}")
         self.outcomes: list[OpOutcome] = []
 
     def host(self, host: str, services: list[str]) -> None:
@@ -96,22 +97,10 @@ class Operator:
                 return
 
     def record(self, host: str, name: str, ok: bool, detail: str) -> None:
-        user = _user()
+        if ok:
+            by = {"user": current_user(), "time": now_iso(), "reason": self.reason or ""}
+            self.recorder.note(host, name, stopped_by=by if self.op == Op.STOP else None)
         rec = self.run.state.record(host, name)
-        if rec is not None and ok:
-            rec.stopped_by = ({"user": user, "time": now_iso(), "reason": self.reason or ""}
-                              if self.op == Op.STOP else None)
-            self.run.store.save(self.run.state)
-        self.run.store.append_history({
-            "time": now_iso(), "user": user, "machine": socket.gethostname(), "command": f"recon {self.op}",
-            "serial": self.run.state.serial, "host": host, "service": name, "action": str(self.op),
-            "from": None, "to": rec.version if rec else None,
-            "result": DONE[self.op] if ok else "failed",
-            "detail": "; ".join(x for x in (detail, f"reason: {self.reason}" if self.reason else "") if x)})
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "?"
+        why = f"reason: {self.reason}" if self.reason else ""
+        self.recorder.history_entry(host, name, str(self.op), None, rec.version if rec else None,
+                                    DONE[self.op] if ok else "failed", "; ".join(x for x in (detail, why) if x))

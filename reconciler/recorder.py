@@ -11,7 +11,7 @@ from gevent.lock import RLock
 
 from reconciler import ownership
 from reconciler.desired import DesiredService
-from reconciler.state import RecordStatus, ServiceRecord, State, StateStore, now_iso
+from reconciler.state import RecordStatus, ServiceRecord, State, StateStore, current_user, now_iso
 
 if TYPE_CHECKING:
     from reconciler.pipeline import Run
@@ -146,14 +146,28 @@ class Recorder:
                 self.store.save(self.state)
 
     def history(self, c: Change, result: str, detail: str = "") -> None:
-        import getpass
+        self.history_entry(c.host, c.service, c.action, c.from_version, c.to_version, result, detail)
+
+    def history_entry(self, host: str, service: str, action: str, from_version: str | None, to_version: str | None,
+                      result: str, detail: str = "") -> None:
+        """One line of the history: who ran which command, on what, with what result."""
         import socket
 
         self.store.append_history({
-            "time": now_iso(), "user": getpass.getuser(), "machine": socket.gethostname(),
-            "command": self.command, "serial": self.state.serial, "host": c.host, "service": c.service,
-            "action": c.action, "from": c.from_version, "to": c.to_version, "result": result, "detail": detail,
+            "time": now_iso(), "user": current_user(), "machine": socket.gethostname(),
+            "command": self.command, "serial": self.state.serial, "host": host, "service": service,
+            "action": action, "from": from_version, "to": to_version, "result": result, "detail": detail,
         })
+
+    def note(self, host: str, service: str, **changes: Any) -> None:
+        """Change fields of a record that no apply wrote (a `recon stop` marks who stopped it)."""
+        with self.lock:
+            rec = self.state.record(host, service)
+            if rec is None:
+                return
+            for k, v in changes.items():
+                setattr(rec, k, v)
+            self.store.save(self.state)
 
     def settle(self, run: Run, plan: Plan) -> None:
         """Services that need no change are recorded as applied: a crash after the host converged but

@@ -6,11 +6,10 @@ asking for confirmation, progress) goes through the `ApplyUI` the caller passes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from reconciler.errors import ReconError, unknown_name
+from reconciler.errors import ReconError, did_you_mean, unknown_name
 
 if TYPE_CHECKING:   # the pipeline is imported by the runners that use it, so `recon validate` starts fast
     from reconciler.outcome import ApplyResult, Event
@@ -391,7 +390,7 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
                                      f"(kept on the host: {', '.join(others) or 'none'})")
                 if target not in kept:
                     raise ReconError(f"{h}/{service}: release {target} is not kept on the host "
-                                     f"(kept: {', '.join(kept) or 'none'}).{_close(target, kept)}")
+                                     f"(kept: {', '.join(kept) or 'none'}).{did_you_mean(target, kept)}")
                 if target == current:
                     result.already.append(f"{h}/{service} already runs {target}")
                     continue
@@ -404,12 +403,6 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
                 applier = Applier(run, Plan(changes=changes), session, on_event, command="rollback")
                 result.applied = applier.rollback(changes)
     return result
-
-
-def _close(name: str, choices: Sequence[str]) -> str:
-    from reconciler.errors import did_you_mean
-
-    return did_you_mean(name, choices)
 
 
 def run_status(req: StatusRequest) -> StatusResult:

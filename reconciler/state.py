@@ -291,7 +291,7 @@ class StateStore:
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[dict[str, Any]]:
         """Hold the state lock; wait up to `timeout` s; a dead holder on this machine is taken over."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        me = {"id": str(uuid.uuid4()), "user": _user(), "host": socket.gethostname(), "pid": os.getpid(),
+        me = {"id": str(uuid.uuid4()), "user": current_user(), "host": socket.gethostname(), "pid": os.getpid(),
               "time": now_iso(), "command": command}
         deadline = time.monotonic() + timeout
         while True:
@@ -354,7 +354,7 @@ def describe_holder(h: dict[str, Any]) -> str:
             f"`{h.get('command', '?')}`, lock id {h.get('id', '?')})")
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except Exception:
