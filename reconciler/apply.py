@@ -20,9 +20,9 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.state import StateStage
 from pyinfra.operations import files, systemd
 
+from reconciler import archive, ownership
 from reconciler import hostscripts as hs
-from reconciler import ownership
-from reconciler.desired import DesiredService, sha256_text
+from reconciler.desired import DesiredService, release_entries, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
 from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
@@ -51,9 +51,9 @@ def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> byte
             data = resp.read()
     else:
         raise ReconError(f"{d.service}: no artifact path or url")
-    got = sha256_text(data)
-    if got != d.sha256:
-        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {d.sha256}, got {got})")
+    got, want = sha256_text(data), d.archive_sha256 or d.sha256   # an archive's own checksum, not its tree's
+    if got != want:
+        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {want}, got {got})")
     return data
 
 
@@ -292,8 +292,11 @@ class Applier:
             return
         release_bin = d.binary_path
         if c.action in _NEW_RELEASE or any(f.part == Part.RELEASE for f in c.fields):
-            # files.put creates the release directory; the sha256 is checked on the host before switching
-            self.op(host, files.put, src=io.BytesIO(self._artifact(d)), dest=release_bin, mode="755")
+            if d.entrypoint:
+                self.put_tree(host, d)
+            else:
+                # files.put creates the release directory; the sha256 is checked on the host before switching
+                self.op(host, files.put, src=io.BytesIO(self._artifact(d)), dest=release_bin, mode="755")
         cfg_in_release = f"{d.release_dir}/{d.service}.toml"
         unit_in_release = f"{d.release_dir}/{d.unit_name}"
         if c.action in _SAME_RELEASE:
@@ -305,6 +308,17 @@ class Applier:
         self.op(host, files.put, src=io.BytesIO(d.unit_text.encode()), dest=unit_in_release, mode="644")
         if d.secret_names:
             self.write_secrets(host, d)
+
+    def put_tree(self, host: str, d: DesiredService) -> None:
+        """An archive release: its checked entries (`desired.release_entries`) packed as one tar, uploaded beside
+        the releases and unpacked into the release directory (`hostscripts.unpack_script`); the tree digest is
+        checked on the host before switching, as a binary's sha256 is."""
+        tar_path = f"{d.service_dir}/.recon-upload-{d.version}.tar"
+        data = archive.pack(release_entries(d, self._artifact(d)))
+        self.op(host, files.put, src=io.BytesIO(data), dest=tar_path, mode="600")
+        ok, out = self.sh(host, hs.unpack_script(d, tar_path))
+        if not ok:
+            raise ReconError(f"unpacking the release failed: {out or 'no output'}")
 
     def write_secrets(self, host: str, d: DesiredService) -> None:
         """The env file, 0600 and root's from its first byte (`hostscripts.env_file_script`). pyinfra's

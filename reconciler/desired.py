@@ -8,12 +8,15 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconError
 from reconciler.spec.model import UNIT_PREFIX, Host, Service, Spec
 from reconciler.spec.template import expand, expand_tree
 from reconciler.spec.units import format_seconds
+
+if TYPE_CHECKING:
+    from reconciler.archive import Entry
 
 MANAGED_HEADER = "# Managed by recon. Edits made here are reported as drift and undone by `recon apply`.\n"
 UNIT_DIR = "/etc/systemd/system"
@@ -195,6 +198,10 @@ class DesiredService:
     ignore_drift: tuple[str, ...] = ()
     metrics_url: str | None = None
     run: str = "running"            # stopped: deployed, disabled, not started (the platform's "Planned")
+    # an archive release (`artifact.entrypoint`): `sha256` is then the tree digest (`archive.tree_digest`), what
+    # the host is observed as; `archive_sha256` the archive's own checksum from the spec
+    entrypoint: str | None = None
+    archive_sha256: str | None = None
 
     @property
     def unit_sha(self) -> str:
@@ -300,9 +307,12 @@ def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
     return "".join(out)
 
 
-def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None) -> DesiredService:
+def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None,
+                    tree_lookup: Callable[[Service], str] | None = None) -> DesiredService:
+    """`tree_lookup(svc)` gives an archive service's tree digest (it reads the archive: `pipeline` passes
+    `archive_digest`); without it the archive's own sha256 stands in."""
     values = template_values(svc, host)
-    binary = f"{svc.release_dir}/{svc.name}"
+    binary = f"{svc.release_dir}/{svc.entrypoint}" if svc.entrypoint else f"{svc.release_dir}/{svc.name}"
     env_path = f"{svc.config_dir}/{svc.name}.env"
     config = expand_tree(svc.config, values)
     secrets_text = render_secrets(svc, secret_lookup) if (svc.secrets and secret_lookup) else ""
@@ -310,7 +320,9 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         host=host.name,
         service=svc.name,
         version=svc.version,
-        sha256=svc.sha256,
+        sha256=tree_lookup(svc) if svc.entrypoint and tree_lookup else svc.sha256,
+        entrypoint=svc.entrypoint,
+        archive_sha256=svc.sha256 if svc.entrypoint else None,
         unit_name=svc.unit_name,
         unit_path=f"{UNIT_DIR}/{svc.unit_name}",
         unit_text=render_unit(svc, values, binary, env_path),
@@ -339,14 +351,33 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
     )
 
 
-def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = None
-                  ) -> dict[str, dict[str, DesiredService]]:
+def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = None,
+                  tree_lookup: Callable[[Service], str] | None = None) -> dict[str, dict[str, DesiredService]]:
     """host → service → DesiredService for every service placed on every host."""
     out: dict[str, dict[str, DesiredService]] = {h: {} for h in spec.hosts}
     for svc in spec.services.values():
         for h in svc.hosts:
-            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup)
+            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup, tree_lookup)
     return out
+
+
+# --- what makes up a release -----------------------------------------------------------------------------
+def release_entries(d: DesiredService, artifact: bytes) -> list[Entry]:
+    """The files of `d`'s release that come from its artifact (`artifact`: its checked bytes), as paths under
+    the release directory: the one executable `{service}` (0755), or an archive's checked members
+    (`archive.read_tree`). recon's config and unit are staged beside them."""
+    from reconciler.archive import Entry, Kind, read_tree
+
+    if d.entrypoint:
+        return read_tree(artifact, d.service, d.entrypoint)
+    return [Entry(d.service, Kind.FILE, 0o755, sha256_text(artifact), artifact)]
+
+
+def archive_digest(svc: Service) -> str:
+    """An archive service's tree digest, from its archive (read or downloaded once, checked, cached)."""
+    from reconciler.archive import load_tree, tree_digest
+
+    return tree_digest(load_tree(svc.artifact_path, svc.artifact_url, svc.sha256, svc.name, svc.entrypoint or ""))
 
 
 _UNIT_EOL = re.compile(r"\r\n|[\n\r\0]")   # what ends a line for systemd's read_line (not U+2028 & co.)

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from reconciler.archive import TREESUM_FN, reserved_prefixes
 from reconciler.desired import DesiredService
 from reconciler.ownership import delete_script, ensure_script, prune_script
 from reconciler.plan import Effect
@@ -19,7 +20,7 @@ __all__ = ["HEALTH_FN", "JOB_MODE", "activate_script", "binary_sha_script", "bou
            "bounce_timeout",
            "check_line", "delete_script", "drop_script", "ensure_script", "env_file_script", "env_file_stdin",
            "env_hash_script", "keep_prev_script", "parse_results", "prune_script", "read_script",
-           "restore_script", "staging_cleanup_script", "stop_script", "switch_script", "switch_steps"]
+           "restore_script", "staging_cleanup_script", "stop_script", "switch_script", "switch_steps", "unpack_script"]
 
 JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
 
@@ -125,17 +126,46 @@ def switch_script(d: DesiredService, version: str) -> str:
 def activate_script(changes: Sequence[tuple[DesiredService, Sequence[str]]]) -> str:
     """A wave's switch on one host: for each service (with the drop-ins to remove), check the uploaded
     artifact's sha256, switch to its release and drop run-time property changes. The caller daemon-reloads."""
-    parts = ["set -e"]
+    parts = ["set -e", *([TREESUM_FN] if any(d.entrypoint for d, _ in changes) else [])]
     for d, dropins in changes:
         if dropins:
             parts.append(f"rm -f -- {' '.join(q(p) for p in dropins)}")
         parts.append(
-            f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet - || "
+            _artifact_check(d) + " || "
             f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}; "
             + " && ".join([*switch_steps(d, d.version),
                            f"rm -rf /etc/systemd/system.control/{q(d.unit_name)}.d "
                            f"/run/systemd/system.control/{q(d.unit_name)}.d"]))
     return "\n".join(parts)
+
+
+def _artifact_check(d: DesiredService) -> str:
+    """A test that the release's artifact on the host is the desired one: the binary's sha256, or for an archive
+    release the tree digest (`archive.TREESUM_FN` defined before)."""
+    if d.entrypoint:
+        return f'[ "$(treesum {q(d.release_dir)} {q(d.service)})" = {q(d.sha256 + "  -")} ]'
+    return f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet -"
+
+
+def unpack_script(d: DesiredService, tar_path: str) -> str:
+    """Place an archive release from the checked tar uploaded at `tar_path` (`archive.pack`): what the release
+    directory held besides recon's own files is removed first (a partial upload, or the same version with another
+    archive), then the tar is unpacked as root with its modes, and removed. Nothing is switched."""
+    rel = q(d.release_dir)
+    mine = " | ".join(f"{q(p)}*" for p in reserved_prefixes(d.service))
+    return "\n".join([
+        "set -e",
+        f"mkdir -p -- {rel}",
+        f"[ ! -L {rel} ] || {{ echo 'the release directory {d.release_dir} is a symbolic link' >&2; exit 3; }}",
+        f"cd -- {rel}",
+        "for f in * .[!.]* ..?*; do",
+        '  [ -e "$f" ] || [ -L "$f" ] || continue',
+        f'  case $f in {mine}) continue;; esac',
+        '  rm -rf --one-file-system -- "$f"',
+        "done",
+        f"tar -x --no-same-owner -p -f {q(tar_path)} -C {rel}",
+        f"rm -f -- {q(tar_path)}",
+    ])
 
 
 def _release_files(d: DesiredService) -> list[str]:
@@ -212,6 +242,9 @@ def read_script(path: str) -> str:
 
 
 def binary_sha_script(d: DesiredService, version: str) -> str:
+    """The sha256 of release `version`'s binary (for an archive release its tree digest): `HEX  NAME`."""
+    if d.entrypoint:
+        return f"{TREESUM_FN}\ntreesum {q(f'{d.service_dir}/releases/{version}')} {q(d.service)}"
     return f"sha256sum {q(f'{d.service_dir}/releases/{version}/{d.service}')}"
 
 

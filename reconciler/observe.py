@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.archive import TREESUM_FN
+
 SHOW_PROPS = (
     "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "NRestarts", "UnitFileState",
     "MemoryMax", "MemoryHigh", "MemoryCurrent", "CPUQuotaPerSecUSec", "TasksMax", "LimitNOFILE",
@@ -37,6 +39,7 @@ class Target:
     user: str | None = None               # the service account (reported back in ObservedHost.users)
     group: str | None = None              # its group (reported back in ObservedHost.groups)
     dirs: tuple[str, ...] = ()            # directories whose existence is reported (ObservedHost.dirs)
+    tree: bool = False                    # an archive release: observed as its tree digest (archive.TREESUM_FN)
 
 
 @dataclass
@@ -182,6 +185,10 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     for t in targets:
         lines.append("obs " + " ".join(q(x) for x in (t.service, t.service_dir, t.config_path, t.unit_name,
                                                         t.env_path, t.want_version or "")))
+    trees = [t for t in targets if t.tree]
+    if trees:   # archive releases: the tree digest of the current and the wanted release (a few processes each)
+        lines += [TREESUM_FN, _TOBS]
+        lines += ["tobs " + " ".join(q(x) for x in (t.service, t.service_dir, t.want_version or "")) for t in trees]
     lines.append('for f in /etc/systemd/system/provisioning-*.service; do [ -e "$f" ] && rec unit_file - "${f##*/}"; '
                  "done")
     dirs = list(dict.fromkeys(p for t in targets for p in t.dirs))
@@ -202,6 +209,14 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
 
+
+_TOBS = r"""tobs() {
+  n=$1; d=$2; v=$3; cur=
+  if cd -P "$d/current" 2>/dev/null; then cur=${PWD##*/}; cd /; fi
+  [ -n "$cur" ] && t=$(treesum "$d/releases/$cur" "$n") && [ -n "$t" ] && rec tree "$n" "$cur ${t%% *}"
+  [ -n "$v" ] && [ "$v" != "$cur" ] && [ -d "$d/releases/$v" ] && t=$(treesum "$d/releases/$v" "$n") && \
+    [ -n "$t" ] && rec tree "$n" "$v ${t%% *}"
+}"""
 
 # The rest reads `systemctl show` from a pipe (a here-document would be a temp file under bash < 5.1).
 _TAIL = r"""printf '%s\n' "$show" | {
@@ -278,6 +293,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
     dropins: dict[str, list[str]] = {}
+    trees: dict[str, dict[str, str]] = {}    # service → release → tree digest (archive releases)
     for line in text_of("meta").splitlines():
         key, _, rest = line.partition("\t")
         name, _, value = rest.partition("\t")
@@ -300,6 +316,10 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if key == "dropin":
             dropins.setdefault(name, []).append(value)
             continue
+        if key == "tree":
+            version, _, digest = value.partition(" ")
+            trees.setdefault(name, {})[version] = digest
+            continue
         svc = obs.services.get(name)
         if svc is None:
             continue
@@ -321,6 +341,9 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             svc.binary_sha = sums.get(f"{t.service_dir}/releases/{svc.current}/{name}")
         if t.want_version:
             svc.want_binary_sha = sums.get(f"{t.service_dir}/releases/{t.want_version}/{name}")
+        if t.tree:   # an archive release is its tree digest, never the sha256 of one file
+            svc.binary_sha = trees.get(name, {}).get(svc.current or "")
+            svc.want_binary_sha = trees.get(name, {}).get(t.want_version or "")
         svc.config_text = contents.get(t.config_path)
         svc.unit_text = contents.get(f"/etc/systemd/system/{t.unit_name}")
         svc.props = show.get(t.unit_name, {})

@@ -77,7 +77,7 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
-                     d.user, d.group, tuple(s.path for s in dirs_of(d)))
+                     d.user, d.group, tuple(s.path for s in dirs_of(d)), tree=d.entrypoint is not None)
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:
@@ -129,13 +129,14 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
 
         early = start({h: spec.hosts[h] for h in sorted(used)})
     try:
-        from reconciler.desired import desired_state
+        from reconciler.desired import archive_digest, desired_state
 
         store = StateStore(state_dir(state_option))
         state = store.load()
         salt = state.lineage or lineage or str(uuid.uuid4())
         state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
-        desired = desired_state(spec, secret_lookup if secrets else None)   # read-outs need no secret values
+        desired = desired_state(spec, secret_lookup if secrets else None,   # read-outs need no secret values
+                                archive_digest)
     except BaseException:
         if early is not None:
             early.close()

@@ -328,6 +328,27 @@ def _check_artifact(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
         return
     if got != want:
         c.add((*base, "artifact", "sha256"), f"checksum mismatch for {p}", expected=want, found=got)
+        return
+    entrypoint = art.get("entrypoint")
+    if isinstance(entrypoint, str) and entrypoint:
+        _check_archive(c, base, p, str(base[-1]), entrypoint)
+
+
+def _check_archive(c: _Checker, base: SpecPath, p: Path, service: str, entrypoint: str) -> None:
+    """An archive artifact's members (`archive.read_tree`): one problem per member refused, at the artifact."""
+    from reconciler.archive import ArchiveError, read_tree
+
+    try:
+        read_tree(p.read_bytes(), service, entrypoint)
+    except OSError as exc:
+        c.add((*base, "artifact", "path"), "artifact file cannot be read", expected="a readable file",
+              found=f"{p} ({exc.strerror})")
+    except ArchiveError as exc:
+        for r in exc.refusals:
+            key = (*base, "artifact", "entrypoint") if r.member == entrypoint else (*base, "artifact", "path")
+            c.add(key, f"archive {p.name}: {r}", found=r.member,
+                  expected="a regular executable member" if key[-1] == "entrypoint" else
+                  "directories, regular files and links that stay inside the release, each path once")
 
 
 def ssh_key_problem(ssh_key: str) -> str | None:

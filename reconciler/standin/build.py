@@ -8,7 +8,8 @@ substituted below the ``# recon-standin-constants:`` marker line. The bytes depe
 service.py, the service name and the version, so the sha256 of an artifact is stable and can be
 pinned in specs. Prints one ``sha256  path`` line per artifact (sha256sum format) and maintains
 ``{out}/SHA256SUMS`` (sorted, relative names, checkable with ``cd out && sha256sum -c SHA256SUMS``).
-Without ``--service``/``--version`` pairs the default catalogue is built.
+Without ``--service``/``--version`` pairs the default catalogue is built, and the tree stand-in's
+archives ``{out}/standin-tree-{version}.tar.gz`` (``tree.py``: an entrypoint script and data files).
 """
 
 import argparse
@@ -137,6 +138,23 @@ def build(out_dir: Path, items: Iterable[tuple[str, str]]) -> dict[tuple[str, st
     return result
 
 
+def build_trees(out_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Write the tree stand-in's archives (`standin-tree-{version}.tar.gz`, see `tree.py`) into ``out_dir``."""
+    from reconciler.standin import tree
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, tuple[Path, str]] = {}
+    for version in tree.VERSIONS:
+        data = tree.archive_bytes(version)
+        path = out_dir / f"standin-tree-{version}.tar.gz"
+        if not (path.is_file() and not path.is_symlink() and path.read_bytes() == data):
+            _write_atomic(path, data, 0o644)
+        result[version] = (path, hashlib.sha256(data).hexdigest())
+    _update_sums(out_dir, {path.name: sha for path, sha in result.values()})
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reconciler.standin.build",
@@ -153,10 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = list(zip(args.service, args.version, strict=True)) or list(DEFAULT_CATALOGUE)
     try:
         result = build(args.out, items)
+        trees = build_trees(args.out) if not args.service else {}
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for path, sha in result.values():
+    for path, sha in [*result.values(), *trees.values()]:
         print(f"{sha}  {path}")
     return 0
 
