@@ -375,9 +375,14 @@ def release_entries(d: DesiredService, artifact: bytes) -> list[Entry]:
 
 def archive_digest(svc: Service) -> str:
     """An archive service's tree digest, from its archive (read or downloaded once, checked, cached)."""
-    from reconciler.archive import load_tree, tree_digest
+    from reconciler.archive import ArchiveError, load_tree, tree_digest
 
-    return tree_digest(load_tree(svc.artifact_path, svc.artifact_url, svc.sha256, svc.name, svc.entrypoint or ""))
+    try:
+        entries = load_tree(svc.artifact_path, svc.artifact_url, svc.sha256, svc.name, svc.entrypoint or "")
+    except ArchiveError as exc:
+        raise ReconError(f"services.{svc.name}.artifact: the archive {svc.artifact_url or svc.artifact_path} is "
+                         f"refused: {exc}; nothing was changed") from None
+    return tree_digest(entries)
 
 
 _UNIT_EOL = re.compile(r"\r\n|[\n\r\0]")   # what ends a line for systemd's read_line (not U+2028 & co.)

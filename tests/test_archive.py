@@ -282,3 +282,20 @@ def test_a_changed_archive_plans_as_a_replace(tmp_path: Path) -> None:
     assert change is not None and change.action == Action.REPLACE
     same = plan_service(d, ObservedService(**{**o.__dict__, "binary_sha": d.sha256}), rec, "salt")
     assert same is None or same.action != Action.REPLACE
+
+
+def test_an_archive_read_from_a_url_is_checked_when_the_plan_reads_it(tmp_path: Path) -> None:
+    """A `url:` archive is not read by validation; the plan reads it and refuses a bad member before any host."""
+    from reconciler.desired import desired_state
+    from reconciler.errors import ReconError
+
+    spec_path = _spec_file(tmp_path, [*GOOD, ("../escape", "f", b"x")])
+    text = spec_path.read_text().replace("path: web.tar.gz", f"url: {(tmp_path / 'web.tar.gz').as_uri()}")
+    spec_path.write_text(text)
+    spec = load_spec([str(spec_path)])
+    from reconciler.desired import archive_digest
+
+    with pytest.raises(ReconError) as err:
+        desired_state(spec, None, archive_digest)
+    assert "services.web.artifact" in str(err.value) and "member '../escape'" in str(err.value)
+    assert "nothing was changed" in str(err.value)
