@@ -299,3 +299,31 @@ def test_an_archive_read_from_a_url_is_checked_when_the_plan_reads_it(tmp_path: 
         desired_state(spec, None, archive_digest)
     assert "services.web.artifact" in str(err.value) and "member '../escape'" in str(err.value)
     assert "nothing was changed" in str(err.value)
+
+
+def test_a_tree_costs_a_few_processes_and_other_services_none(tmp_path: Path) -> None:
+    """Observing an archive release adds a bounded number of processes per tree (two trees here: the current
+    and the wanted release), and nothing to a spec without archives."""
+    import shutil
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is needed for this test (scripts/setup.sh installs it)")
+    d = _desired(tmp_path, GOOD)
+    svc_dir = Path(d.service_dir)
+    for version in ("1.0.0", "2.0.0"):
+        rel = svc_dir / "releases" / version
+        rel.mkdir(parents=True)
+        subprocess.run(["tar", "-x", "-p", "-C", str(rel)], input=archive.pack(read_tree(tarball(GOOD), SVC,
+                       "bin/app")), check=True)
+    (svc_dir / "current").symlink_to("releases/1.0.0")
+    base = Target(SVC, str(svc_dir), str(tmp_path / "web.toml"), "provisioning-web.service",
+                  str(tmp_path / "web.env"), "2.0.0")
+    counts = []
+    for t in (base, Target(**{**base.__dict__, "tree": True})):
+        log = tmp_path / "strace.log"
+        subprocess.run([strace, "-f", "-qq", "-e", "trace=execve", "-o", str(log), "/bin/sh", "-c",
+                        build_script([t], "salt")], capture_output=True, timeout=60, check=True)
+        # processes started (find's -exec tries each PATH directory: only the execve that worked counts)
+        counts.append(sum(1 for line in log.read_text().splitlines() if "execve" in line and line.endswith("= 0")))
+    assert counts[0] < counts[1] <= counts[0] + 2 * 5, counts   # find ×2, sha256sum ×2, sort per tree

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,25 @@ class Web:
         return _exec(self.host, f"curl -s -m 3 http://127.0.0.1:{PORT}{path}")
 
 
+OBSERVE = """
+import json, sys
+from reconciler import pipeline
+run = pipeline.prepare([sys.argv[1]], sys.argv[2])
+o = pipeline.observe(run)["node1"]
+d = run.desired["node1"]["web"]
+print(json.dumps({"commands": o.commands, "observed": [o.services["web"].binary_sha, d.sha256]}))
+"""
+
+
+def want_digest(version: str) -> str:
+    return tree_digest(read_tree(standin_tree.archive_bytes(version), "web", standin_tree.ENTRYPOINT))
+
+
 def _bad_archive(extra: tuple[str, str]) -> bytes:
     """The stand-in tree plus one malicious member: ('../x' | '/abs' , 'f') or (name, '->target')."""
     raw = io.BytesIO()
-    good = tarfile.open(fileobj=io.BytesIO(standin_tree.archive_bytes("6.6.6")), mode="r:gz")
-    with good, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(standin_tree.archive_bytes("6.6.6")), mode="r:gz") as good, \
+            tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for m in good.getmembers():
             tar.addfile(m, good.extractfile(m) if m.isreg() else None)
         name, what = extra
@@ -90,6 +106,10 @@ def test_an_archive_release_is_served_replaced_rolled_back_and_pruned(testhost: 
                        "./www/data/release.txt", "./www/index.html"]
     assert _exec(testhost, f"stat -c '%U %a' {RELEASES}/1.0.0/bin/standin-tree").split() == ["root", "755"]
     web.run("plan", "--detailed-exitcode", check=0)
+    # observed in the one observation command, as the tree digest the controller computes from the archive
+    probe = subprocess.run([sys.executable, "-c", OBSERVE, str(tmp_path / "spec.yaml"), str(tmp_path / "state")],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True)
+    assert json.loads(probe.stdout) == {"commands": 1, "observed": [want_digest("1.0.0")] * 2}, probe.stdout
 
     # a file of the tree changed by hand: the tree digest differs, planned and applied as a replace
     _exec(testhost, f"echo tampered > {RELEASES}/1.0.0/www/data/release.txt")
@@ -114,8 +134,7 @@ def test_an_archive_release_is_served_replaced_rolled_back_and_pruned(testhost: 
     assert web.get("/data/release.txt") == "release 1.0.0\n", res.stdout
     state = json.loads((tmp_path / "state" / "recon.state.json").read_text())
     rec = state["hosts"]["node1"]["web"]
-    want = tree_digest(read_tree(standin_tree.archive_bytes("1.0.0"), "web", standin_tree.ENTRYPOINT))
-    assert (rec["version"], rec["sha256"]) == ("1.0.0", want)
+    assert (rec["version"], rec["sha256"]) == ("1.0.0", want_digest("1.0.0"))
 
     # pruning: keep_releases 1, plus the running and the previous release
     for version in ("1.0.1", "1.0.2", "1.0.3"):
