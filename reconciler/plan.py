@@ -561,7 +561,8 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
         fields.append(FieldChange("version", o.current, d.version,
                                   _kind(rec, o.current, rec.version if rec else None), part=Part.RELEASE))
     elif o.binary_sha != d.sha256:
-        fields.append(FieldChange("artifact.sha256", o.binary_sha, d.sha256,
+        # an archive release is compared by its tree digest (reconciler/archive.py), a file by its sha256
+        fields.append(FieldChange("artifact.tree" if d.entrypoint else "artifact.sha256", o.binary_sha, d.sha256,
                                   _kind(rec, o.binary_sha, rec.sha256 if rec else None), part=Part.RELEASE))
     # config by TOML key
     if o.config_text != d.config_text:
@@ -733,7 +734,9 @@ def _decide(d: DesiredService, o: ObservedService, fields: list[FieldChange]) ->
         version = next((f for f in release if f.path == "version"), None)
         if version is not None:
             return Action.REPLACE, Effect.RESTART, words(version)
-        return Action.REPLACE, Effect.RESTART, "binary differs from the artifact" + drift_note
+        what = "release tree differs from the archive" if release[0].path == "artifact.tree" else \
+            "binary differs from the artifact"
+        return Action.REPLACE, Effect.RESTART, what + drift_note
     live_fields = [f for f in fields if f.part == Part.LIVE]
     runtime = [f for f in fields if f.part == Part.RUNTIME]
     file_fields = [f for f in fields if f.part not in (Part.LIVE, Part.RUNTIME)]

@@ -280,6 +280,8 @@ def test_a_changed_archive_plans_as_a_replace(tmp_path: Path) -> None:
                         config_path=d.config_path, unit_name=d.unit_name, env_path=d.env_path)
     change = plan_service(d, o, rec, "salt")
     assert change is not None and change.action == Action.REPLACE
+    assert [f.path for f in change.fields] == ["artifact.tree"]
+    assert change.reason.startswith("release tree differs from the archive"), change.reason
     same = plan_service(d, ObservedService(**{**o.__dict__, "binary_sha": d.sha256}), rec, "salt")
     assert same is None or same.action != Action.REPLACE
 
