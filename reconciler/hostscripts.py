@@ -150,11 +150,14 @@ def _artifact_check(d: DesiredService) -> str:
 def unpack_script(d: DesiredService, tar_path: str) -> str:
     """Place an archive release from the checked tar uploaded at `tar_path` (`archive.pack`): what the release
     directory held besides recon's own files is removed first (a partial upload, or the same version with another
-    archive), then the tar is unpacked as root with its modes, and removed. Nothing is switched."""
+    archive), then the tar is unpacked as root with its modes; the tar is removed in any case. Nothing is
+    switched."""
     rel = q(d.release_dir)
     mine = " | ".join(f"{q(p)}*" for p in reserved_prefixes(d.service))
     return "\n".join([
         "set -e",
+        f"up={q(tar_path)}",
+        "trap 'rm -f -- \"$up\"' EXIT",
         f"mkdir -p -- {rel}",
         f"[ ! -L {rel} ] || {{ echo 'the release directory {d.release_dir} is a symbolic link' >&2; exit 3; }}",
         f"cd -- {rel}",
@@ -163,8 +166,7 @@ def unpack_script(d: DesiredService, tar_path: str) -> str:
         f'  case $f in {mine}) continue;; esac',
         '  rm -rf --one-file-system -- "$f"',
         "done",
-        f"tar -x --no-same-owner -p -f {q(tar_path)} -C {rel}",
-        f"rm -f -- {q(tar_path)}",
+        f'tar -x --no-same-owner -p -f "$up" -C {rel}',
     ])
 
 
