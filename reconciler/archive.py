@@ -134,11 +134,6 @@ def read_tree(data: bytes, service: str, entrypoint: str) -> list[Entry]:
             refused.append(Refusal(m.name, f"{top} is recon's name at the top of the release (its config and "
                                            "unit are kept there)"))
             continue
-        parent = posixpath.dirname(rel)
-        through = next((p for p in _parents(parent) if p in links), None)
-        if through is not None:
-            refused.append(Refusal(m.name, f"it would be written through the symbolic link {through}"))
-            continue
         mode = m.mode & 0o7777
         if m.isdir():
             entries[rel] = Entry(rel, Kind.DIR, mode)
@@ -161,6 +156,20 @@ def read_tree(data: bytes, service: str, entrypoint: str) -> list[Entry]:
         else:
             what = "a device" if (m.ischr() or m.isblk()) else "a fifo" if m.isfifo() else "a special file"
             refused.append(Refusal(m.name, f"{what}: only directories, regular files and symbolic links are allowed"))
+    implicit: dict[str, Entry] = {}
+    for rel in list(entries):      # parents: never a link or a file; those the archive does not list are made
+        for p in _parents(posixpath.dirname(rel)):
+            if p in links:
+                refused.append(Refusal(rel, f"it would be written through the symbolic link {p}"))
+                del entries[rel]
+                break
+            if p in entries and entries[p].kind != Kind.DIR:
+                refused.append(Refusal(rel, f"its parent {p} is not a directory in the archive"))
+                del entries[rel]
+                break
+            if p not in entries:   # tar makes it on the host (0755 in the upload's tar): it is part of the tree
+                implicit.setdefault(p, Entry(p, Kind.DIR, 0o755))
+    entries.update(implicit)
     for rel, target in links.items():
         if _resolve(rel, target, links, 0) is None:
             refused.append(Refusal(rel, f"symbolic link to {target!r} leads out of the release (or loops)"))

@@ -100,6 +100,11 @@ def test_a_link_that_escapes_through_another_link_is_refused() -> None:
 def test_a_member_written_through_a_link_is_refused() -> None:
     got = refusals([*GOOD, ("docs/new.txt", "f", b"x")])
     assert got == [("docs/new.txt", "it would be written through the symbolic link docs")]
+    # also when the link comes after the member in the archive (the upload's tar is sorted: link first)
+    got = refusals([*GOOD, ("late/new.txt", "f", b"x"), ("late", "l", "www")])
+    assert got == [("late/new.txt", "it would be written through the symbolic link late")]
+    got = refusals([*GOOD, ("www/index.html/x", "f", b"x")])
+    assert got == [("www/index.html/x", "its parent www/index.html is not a directory in the archive")]
 
 
 @pytest.mark.parametrize(("entrypoint", "why"), [
@@ -329,3 +334,12 @@ def test_a_tree_costs_a_few_processes_and_other_services_none(tmp_path: Path) ->
         # processes started (find's -exec tries each PATH directory: only the execve that worked counts)
         counts.append(sum(1 for line in log.read_text().splitlines() if "execve" in line and line.endswith("= 0")))
     assert counts[0] < counts[1] <= counts[0] + 2 * 5, counts   # find ×2, sha256sum ×2, sort per tree
+
+
+def test_parent_directories_the_archive_does_not_list_are_part_of_the_tree(tmp_path: Path) -> None:
+    """`tar czf x.tgz bin/app www/a/b.html` lists no directories; tar makes them on the host, so they are in the
+    host's digest: the controller adds them (0755) and the upload's tar carries them."""
+    entries = read_tree(tarball([("bin/app", "x", RUN), ("www/a/b.html", "f", b"x")]), SVC, "bin/app")
+    assert [(e.relpath, e.kind, e.mode) for e in entries if e.kind == Kind.DIR] == [
+        ("bin", Kind.DIR, 0o755), ("www", Kind.DIR, 0o755), ("www/a", Kind.DIR, 0o755)]
+    assert _treesum(_unpack(tmp_path, entries)) == tree_digest(entries)
