@@ -194,7 +194,7 @@ def _members(data: bytes) -> list[tuple[Any, bytes]]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             out = []
-            for m in tar.getmembers():
+            for m in tar:   # in order, each body read right after its header: a compressed stream never seeks back
                 f = tar.extractfile(m) if m.isreg() else None
                 out.append((m, f.read() if f else b""))
             return out
