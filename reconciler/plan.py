@@ -518,7 +518,7 @@ def _applied(record: ServiceRecord | None) -> bool:
 
 def _create(d: DesiredService, record: ServiceRecord | None, o: ObservedService | None = None) -> Change:
     fields = [FieldChange("version", None, d.version, part=Part.RELEASE),
-              FieldChange("artifact.sha256", None, d.sha256, part=Part.RELEASE),
+              FieldChange("artifact.sha256", None, d.archive_sha256 or d.sha256, part=Part.RELEASE),   # as written
               FieldChange("config", None, "(new file)", part=Part.CONFIG), FieldChange("unit", None, "(new unit)")]
     if d.secret_names:
         fields.append(FieldChange("secrets", None, SECRET_MASK, sensitive=True, part=Part.SECRETS))

@@ -287,6 +287,9 @@ def test_a_changed_archive_plans_as_a_replace(tmp_path: Path) -> None:
     assert change is not None and change.action == Action.REPLACE
     assert [f.path for f in change.fields] == ["artifact.tree"]
     assert change.reason.startswith("release tree differs from the archive"), change.reason
+    create = plan_service(d, ObservedService(SVC), None, "salt")
+    assert create is not None and create.action == Action.CREATE
+    assert next(f.after for f in create.fields if f.path == "artifact.sha256") == d.archive_sha256   # as written
     same = plan_service(d, ObservedService(**{**o.__dict__, "binary_sha": d.sha256}), rec, "salt")
     assert same is None or same.action != Action.REPLACE
 
