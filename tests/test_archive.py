@@ -346,3 +346,18 @@ def test_parent_directories_the_archive_does_not_list_are_part_of_the_tree(tmp_p
     assert [(e.relpath, e.kind, e.mode) for e in entries if e.kind == Kind.DIR] == [
         ("bin", Kind.DIR, 0o755), ("www", Kind.DIR, 0o755), ("www/a", Kind.DIR, 0o755)]
     assert _treesum(_unpack(tmp_path, entries)) == tree_digest(entries)
+
+
+def test_the_switch_refuses_a_tree_that_is_not_the_desired_one(tmp_path: Path) -> None:
+    """The check `activate_script` runs before switching: the tree digest on the host against the desired one."""
+    from reconciler.hostscripts import _artifact_check
+
+    d = _desired(tmp_path, GOOD)
+    rel = Path(d.release_dir)
+    rel.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-p", "-C", str(rel)], input=archive.pack(release_entries(d, tarball(GOOD))),
+                   check=True)
+    check = archive.TREESUM_FN + "\n" + _artifact_check(d)
+    assert subprocess.run(["/bin/sh", "-c", check]).returncode == 0
+    (rel / "www" / "index.html").write_text("tampered")
+    assert subprocess.run(["/bin/sh", "-c", check]).returncode != 0
