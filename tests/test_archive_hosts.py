@@ -138,7 +138,7 @@ def test_an_archive_release_is_served_replaced_rolled_back_and_pruned(testhost: 
 
     # pruning: keep_releases 1, plus the running and the previous release
     for version in ("1.0.1", "1.0.2", "1.0.3"):
-        web.use(version)
+        web.use(version, url=version == "1.0.2")     # an archive from a URL goes the same way
         web.run("apply", "--auto-approve", check=0)
     assert web.get("/data/release.txt") == "release 1.0.3\n"
     assert _exec(testhost, f"ls {RELEASES}").split() == ["1.0.2", "1.0.3"]
