@@ -20,8 +20,9 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.state import StateStage
 from pyinfra.operations import files, systemd
 
-from reconciler import archive, ownership
 from reconciler import hostscripts as hs
+from reconciler import ownership
+from reconciler.archive import pack
 from reconciler.desired import DesiredService, release_entries, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
@@ -314,7 +315,7 @@ class Applier:
         the releases and unpacked into the release directory (`hostscripts.unpack_script`); the tree digest is
         checked on the host before switching, as a binary's sha256 is."""
         tar_path = f"{d.service_dir}/.recon-upload-{d.version}.tar"
-        data = archive.pack(release_entries(d, self._artifact(d)))
+        data = pack(release_entries(d, self._artifact(d)))
         self.op(host, files.put, src=io.BytesIO(data), dest=tar_path, mode="600")
         ok, out = self.sh(host, hs.unpack_script(d, tar_path))
         if not ok:
