@@ -22,7 +22,7 @@ from pyinfra.operations import files, systemd
 
 from reconciler import hostscripts as hs
 from reconciler import ownership
-from reconciler.archive import pack
+from reconciler.archive import load_archive, pack
 from reconciler.desired import DesiredService, release_entries, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
@@ -45,6 +45,8 @@ _SAME_RELEASE = (Action.UPDATE, Action.RELOAD)          # files of the running r
 
 def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> bytes:
     """The artifact's bytes, checked against the spec's sha256 before anything is uploaded."""
+    if d.archive_sha256:   # an archive: read (or downloaded) once per run, shared with the plan's tree digest
+        return load_archive(path, url, d.archive_sha256, d.service)
     if path is not None:
         data = path.read_bytes()
     elif url:
@@ -52,9 +54,9 @@ def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> byte
             data = resp.read()
     else:
         raise ReconError(f"{d.service}: no artifact path or url")
-    got, want = sha256_text(data), d.archive_sha256 or d.sha256   # an archive's own checksum, not its tree's
-    if got != want:
-        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {want}, got {got})")
+    got = sha256_text(data)
+    if got != d.sha256:
+        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {d.sha256}, got {got})")
     return data
 
 
