@@ -148,25 +148,28 @@ def _artifact_check(d: DesiredService) -> str:
 
 
 def unpack_script(d: DesiredService, tar_path: str) -> str:
-    """Place an archive release from the checked tar uploaded at `tar_path` (`archive.pack`): what the release
-    directory held besides recon's own files is removed first (a partial upload, or the same version with another
-    archive), then the tar is unpacked as root with its modes; the tar is removed in any case. Nothing is
-    switched."""
-    rel = q(d.release_dir)
-    mine = " | ".join(f"{q(p)}*" for p in reserved_prefixes(d.service))
+    """Place an archive release from the checked tar uploaded at `tar_path` (`archive.pack`): unpacked as root
+    with its modes into a staging directory beside the releases (`releases/.recon-stage-V`, which no glob of the
+    observation or prune sees), recon's own files of an existing release directory (config, unit, their kept
+    copies) copied into it, then the staging directory takes the release directory's place (two renames). So the
+    same version placed again (another archive, a tree changed on the host) never leaves the live release half
+    removed when the unpack fails. The tar and the staging are removed in any case. Nothing is switched."""
+    rel = d.release_dir
+    base = f"{d.service_dir}/releases/.recon"
+    mine = " ".join(f'"$rel"/{q(p)}*' for p in reserved_prefixes(d.service))
     return "\n".join([
         "set -e",
-        f"up={q(tar_path)}",
-        "trap 'rm -f -- \"$up\"' EXIT",
-        f"mkdir -p -- {rel}",
-        f"[ ! -L {rel} ] || {{ echo 'the release directory {d.release_dir} is a symbolic link' >&2; exit 3; }}",
-        f"cd -- {rel}",
-        "for f in * .[!.]* ..?*; do",
-        '  [ -e "$f" ] || [ -L "$f" ] || continue',
-        f'  case $f in {mine}) continue;; esac',
-        '  rm -rf --one-file-system -- "$f"',
-        "done",
-        f'tar -x --no-same-owner -p -f "$up" -C {rel}',
+        f"up={q(tar_path)}; rel={q(rel)}; stage={q(f'{base}-stage-{d.version}')}; old={q(f'{base}-old-{d.version}')}",
+        """trap 'rm -f -- "$up"; rm -rf --one-file-system -- "$stage" "$old"' EXIT""",
+        f"[ ! -L \"$rel\" ] || {{ echo 'the release directory {d.release_dir} is a symbolic link' >&2; exit 3; }}",
+        'rm -rf --one-file-system -- "$stage" "$old"',
+        'mkdir -m 755 -- "$stage"',
+        'tar -x --no-same-owner -p -f "$up" -C "$stage"',
+        'if [ -d "$rel" ]; then',
+        f'  for f in {mine}; do if [ -f "$f" ]; then cp -p -- "$f" "$stage"/; fi; done',
+        '  mv -T -- "$rel" "$old"',
+        "fi",
+        'mv -T -- "$stage" "$rel"',
     ])
 
 

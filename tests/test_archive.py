@@ -361,3 +361,22 @@ def test_the_switch_refuses_a_tree_that_is_not_the_desired_one(tmp_path: Path) -
     assert subprocess.run(["/bin/sh", "-c", check]).returncode == 0
     (rel / "www" / "index.html").write_text("tampered")
     assert subprocess.run(["/bin/sh", "-c", check]).returncode != 0
+
+
+def test_a_failed_unpack_leaves_the_release_as_it_was(tmp_path: Path) -> None:
+    """The same version placed again (another archive, or a tree changed on the host) is the live release: an
+    upload that cannot be unpacked must not leave it half removed."""
+    d = _desired(tmp_path, GOOD)
+    rel = Path(d.release_dir)
+    rel.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-p", "-C", str(rel)], input=archive.pack(release_entries(d, tarball(GOOD))),
+                   check=True)
+    (rel / "web.toml").write_text("config")
+    before = sorted(str(p.relative_to(rel)) for p in rel.rglob("*"))
+    tar = tmp_path / "opt" / "up.tar"
+    tar.write_bytes(b"this is not a tar" * 64)
+    res = subprocess.run(["/bin/sh", "-c", unpack_script(d, str(tar))], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert sorted(str(p.relative_to(rel)) for p in rel.rglob("*")) == before
+    assert _treesum(rel) == d.sha256 and not tar.exists()
+    assert sorted(p.name for p in rel.parent.iterdir()) == ["1.0.0"]     # no staging left behind
