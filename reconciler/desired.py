@@ -195,6 +195,7 @@ class DesiredService:
     ignore_drift: tuple[str, ...] = ()
     metrics_url: str | None = None
     run: str = "running"            # stopped: deployed, disabled, not started (the platform's "Planned")
+    health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json` (reconciler.healthjson)
 
     @property
     def unit_sha(self) -> str:
@@ -336,6 +337,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         secret_names=tuple(sorted(svc.secrets)),
         secrets_text=secrets_text,
         ignore_drift=svc.ignore_drift,
+        health_expect_json=svc.health_expect_json,
     )
 
 

@@ -8,11 +8,14 @@ command on every host at once through `reconciler.transport`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from reconciler import healthjson
 
 SHOW_PROPS = (
     "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "NRestarts", "UnitFileState",
@@ -37,18 +40,20 @@ class Target:
     user: str | None = None               # the service account (reported back in ObservedHost.users)
     group: str | None = None              # its group (reported back in ObservedHost.groups)
     dirs: tuple[str, ...] = ()            # directories whose existence is reported (ObservedHost.dirs)
+    health_expect: tuple[tuple[str, Any], ...] = ()   # `health.expect_json`: the body is read and checked
 
 
 @dataclass
 class Health:
     code: int | None
+    problem: str | None = None     # a 2xx answer without the `health.expect_json` fields: which, expected, found
 
     @property
     def ok(self) -> bool:
-        return self.code is not None and 200 <= self.code < 300
+        return self.code is not None and 200 <= self.code < 300 and self.problem is None
 
     def summary(self) -> str:
-        return "no answer" if self.code is None else f"HTTP {self.code}"
+        return "no answer" if self.code is None else f"HTTP {self.code}" + (f", {self.problem}" if self.problem else "")
 
 
 @dataclass
@@ -126,7 +131,7 @@ _PRELUDE = r"""set +e
 LC_ALL=C; export LC_ALL
 NL='
 '
-meta=; bins=; files=; pids=; urls=; curl=
+meta=; bins=; files=; pids=; urls=; jurls=; curl=
 command -v curl >/dev/null 2>&1 && curl=1
 rec() { meta="$meta$1	$2	$3$NL"; }
 block() { printf '%s\t-\t' "$1"; base64 -w0; printf '\n'; }
@@ -152,7 +157,9 @@ unit() {
   [ -n "$id" ] || return 0
   [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && pids="$pids/proc/$pid/cmdline$NL"
   case $st$curl in
-    active1|reloading1) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL" && rec check "$id" -;;
+    active1|reloading1) url=; js=; urlof "$id"
+      if [ -n "$js" ]; then jurls="$jurls$url$NL"; rec jcheck "$id" -
+      elif [ -n "$url" ]; then urls="$urls$url$NL"; rec check "$id" -; fi;;
   esac
   id=; pid=; st=
 }
@@ -177,7 +184,10 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     targets = list(targets)
     q = shlex.quote
     lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"printf 'protocol\\t-\\t%s\\n' {_b64(PROTOCOL)}"]
-    urls = [f"  {q(t.unit_name)}) url={q(t.health_url)};;" for t in targets if t.health_url]
+    urls = [f"  {q(t.unit_name)}) url={q(t.health_url)}{'; js=1' if t.health_expect else ''};;"
+            for t in targets if t.health_url]
+    if any(t.health_url and t.health_expect for t in targets):
+        lines.append(f"RECON_HMARK={health_mark(salt)}")
     lines.append("urlof() {\n  case $1 in\n" + "\n".join(urls) + ("\n" if urls else "") + "  esac\n}")
     for t in targets:
         lines.append("obs " + " ".join(q(x) for x in (t.service, t.service_dir, t.config_path, t.unit_name,
@@ -221,6 +231,11 @@ if [ -n "$urls" ]; then
   out=$(curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\n' "$@" 2>/dev/null)
   case $out in [0-9]*) ;; *) out=$(curl -q -g -s --noproxy '*' -m 3 -w '= %{http_code}\n' "$@" 2>/dev/null);; esac
   printf '%s' "$out" | block health
+fi
+if [ -n "$jurls" ]; then   # health.expect_json: one after another, each body followed by a marker line
+  set --; for x in $jurls; do set -- "$@" "$x"; done
+  { printf '%s\n' "$RECON_HMARK"; curl -q -g -s --noproxy '*' -m 3 -w "\n$RECON_HMARK %{http_code}\n" "$@" 2>/dev/null
+  } | block health_json
 fi
 getent passwd @USERS@ | block users
 }"""
@@ -277,6 +292,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         return blocks.get(key, b"").decode("utf-8", "replace")
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
+    jchecks: list[str] = []         # units whose health body was read (health.expect_json), in order
     dropins: dict[str, list[str]] = {}
     for line in text_of("meta").splitlines():
         key, _, rest = line.partition("\t")
@@ -286,6 +302,9 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue
         if key == "check":
             checks.append(name)
+            continue
+        if key == "jcheck":
+            jchecks.append(name)
             continue
         if key == "dir":
             obs.dirs[value] = "dir" if name == "d" else "other"
@@ -314,6 +333,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
     show = _parse_show(text_of("show"))
     cmdlines = _cmdlines(blocks.get("cmdline", b""))
     health = _health_results(text_of("health"), checks)
+    bodies = health_bodies(text_of("health_json"), jchecks)
     for name, t in by_name.items():
         svc = obs.services[name]
         svc.releases.sort()
@@ -330,9 +350,41 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if t.unit_name in checks:
             code = health.get(t.unit_name, "000")
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
+        elif t.unit_name in bodies:
+            svc.health = _checked_health(*bodies[t.unit_name], t.health_expect)
     obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
     obs.users = set(obs.accounts)
     return obs
+
+
+def health_mark(salt: str) -> str:
+    """The line that ends each health body in the observation's answer (from the salt, which it does not show)."""
+    return "RECON-HEALTH-" + hashlib.sha256(f"health-mark\0{salt}".encode()).hexdigest()[:20]
+
+
+def health_bodies(text: str, checks: list[str]) -> dict[str, tuple[str, str]]:
+    """unit → (HTTP code, body) from the `health_json` block: the MARK line, then curl's bodies, each followed
+    by a line `MARK CODE`, in the order of `checks`."""
+    out: dict[str, tuple[str, str]] = {}
+    mark, _, text = text.partition("\n")
+    if not checks or not mark.startswith("RECON-HEALTH-"):
+        return out
+    pattern = re.compile(r"(.*?)\n" + re.escape(mark) + r" ([0-9]{3})\n", re.S)
+    pos = 0
+    for unit in checks:
+        m = pattern.match(text, pos)
+        if m is None:
+            break
+        out[unit] = (m[2], m[1])
+        pos = m.end()
+    return out
+
+
+def _checked_health(code: str, body: str, expect: tuple[tuple[str, Any], ...]) -> Health:
+    if not code.isdigit() or code == "000":
+        return Health(None)
+    status = int(code)
+    return Health(status, healthjson.mismatch(dict(expect), body) if 200 <= status < 300 else None)
 
 
 def _health_results(text: str, checks: list[str]) -> dict[str, str]:

@@ -77,7 +77,7 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
-                     d.user, d.group, tuple(s.path for s in dirs_of(d)))
+                     d.user, d.group, tuple(s.path for s in dirs_of(d)), d.health_expect_json)
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,6 +150,7 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
         _check_units(c, base, svc)
         _check_placeholders(c, base, svc)
         _check_config(c, (*base, "config"), svc.get("config"))
+        _check_health_json(c, base, svc)
         if check_artifacts:
             _check_artifact(c, base, svc)
     _check_ownership(c, services)
@@ -288,6 +290,20 @@ def _check_config(c: _Checker, path: SpecPath, value: Any) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_config(c, (*path, i), v)
+
+
+def _check_health_json(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
+    """`health.expect_json` needs a `health.http` to read, and JSON values (no .inf or .nan)."""
+    health = svc.get("health")
+    if not isinstance(health, dict) or not isinstance(health.get("expect_json"), dict):
+        return
+    if not health.get("http"):
+        c.add((*base, "health", "expect_json"), "`health.expect_json` needs `health.http`",
+              expected="a health URL whose JSON answer carries these fields", found="no health.http")
+    for key, value in health["expect_json"].items():
+        if isinstance(value, float) and not math.isfinite(value):
+            c.add((*base, "health", "expect_json", key), "not a JSON value", expected="a finite number",
+                  found=repr(value))
 
 
 def _sha256_file(path: Path) -> str:

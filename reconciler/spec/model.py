@@ -107,6 +107,7 @@ class Service:
     metrics_url: str | None = None       # `metrics.http`; default http://127.0.0.1:{port}/metrics
     run: str = "running"                 # running: enabled and started; stopped: deployed, not started
     stop_timeout_s: float | None = None  # `stop.timeout_s` → TimeoutStopSec=
+    health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json`: top-level fields required
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -219,6 +220,7 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         run=s.get("run", "running"),
         stop_timeout_s=parse_duration((s.get("stop") or {})["timeout_s"]) if "timeout_s" in (s.get("stop") or {})
         else None,
+        health_expect_json=tuple((health.get("expect_json") or {}).items()),
         raw=raw,
     )
 
