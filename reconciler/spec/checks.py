@@ -293,7 +293,8 @@ def _check_config(c: _Checker, path: SpecPath, value: Any) -> None:
 
 
 def _check_health_json(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
-    """`health.expect_json` needs a `health.http` to read, and JSON values (no .inf or .nan)."""
+    """`health.expect_json` needs a `health.http` to read, and JSON values (no .inf or .nan; no NUL, which the
+    gate's matcher cannot take as an argument)."""
     health = svc.get("health")
     if not isinstance(health, dict) or not isinstance(health.get("expect_json"), dict):
         return
@@ -304,6 +305,9 @@ def _check_health_json(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None
         if isinstance(value, float) and not math.isfinite(value):
             c.add((*base, "health", "expect_json", key), "not a JSON value", expected="a finite number",
                   found=repr(value))
+        if "\0" in str(key) or (isinstance(value, str) and "\0" in value):
+            c.add((*base, "health", "expect_json", key), "a NUL character cannot be checked",
+                  expected="text without NUL", found=repr(value))
 
 
 def _sha256_file(path: Path) -> str:
