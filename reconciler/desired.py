@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ UNIT_KEYS: dict[str, str] = {
     "EnvironmentFile": "secrets",
     "Requires": "depends_on",
     "After": "depends_on",
+    "Wants": "depends_on",
     "ExecReload": "reload.signal",
     "ReadWritePaths": "data_dir",
     "Description": "description",
@@ -233,19 +234,23 @@ def render_config(config: Mapping[str, Any]) -> str:
     return MANAGED_HEADER + tomli_w.dumps(dict(config))
 
 
-def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_path: str) -> str:
-    """The systemd unit of `svc` (the platform's naming: provisioning-{service}.service)."""
-    deps = " ".join(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on)
+def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_path: str,
+                external_units: Sequence[str] = ()) -> str:
+    """The systemd unit of `svc` (the platform's naming: provisioning-{service}.service). `external_units`:
+    the units of the externals it depends on that run on the same host: `After=` and `Wants=` (not
+    `Requires=`: their owner's stop or restart must not stop or restart recon's service; docs/design.md)."""
+    deps = " ".join([*(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on), *external_units])
+    wants = " ".join(["network-online.target", *external_units])
     lines = [
         f"# Managed by recon: {svc.name} {svc.version}. Edits are reported as drift.",
         "[Unit]",
         "Description=" + unit_text_value(f"Provisioning {svc.name}" + (f" ({svc.description})" if svc.description
                                                                         else "")),
         "After=network-online.target" + (f" {deps}" if deps else ""),
-        "Wants=network-online.target",
+        f"Wants={wants}",
     ]
-    if deps:
-        lines.append(f"Requires={deps}")
+    if svc.depends_on:
+        lines.append("Requires=" + " ".join(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on))
     lines += ["StartLimitIntervalSec=0", "", "[Service]", f"Type={svc.type}",
               f"User={svc.user}", f"Group={svc.group}"]
     args = [expand(a, values) for a in svc.args]
@@ -301,7 +306,18 @@ def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
     return "".join(out)
 
 
-def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None) -> DesiredService:
+def external_units_of(spec: Spec, svc: Service, host: str) -> list[str]:
+    """The units of `svc`'s externals that run on `host` (those its unit orders itself after)."""
+    out = []
+    for name in svc.external_deps:
+        ext = spec.externals.get(name)
+        if ext is not None and ext.unit and host in ext.hosts:
+            out.append(ext.unit)
+    return out
+
+
+def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None,
+                    external_units: Sequence[str] = ()) -> DesiredService:
     values = template_values(svc, host)
     binary = f"{svc.release_dir}/{svc.name}"
     env_path = f"{svc.config_dir}/{svc.name}.env"
@@ -314,7 +330,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         sha256=svc.sha256,
         unit_name=svc.unit_name,
         unit_path=f"{UNIT_DIR}/{svc.unit_name}",
-        unit_text=render_unit(svc, values, binary, env_path),
+        unit_text=render_unit(svc, values, binary, env_path, external_units),
         config_path=svc.config_path,
         config_text=render_config(config),
         env_path=env_path,
@@ -347,7 +363,7 @@ def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = 
     out: dict[str, dict[str, DesiredService]] = {h: {} for h in spec.hosts}
     for svc in spec.services.values():
         for h in svc.hosts:
-            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup)
+            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup, external_units_of(spec, svc, h))
     return out
 
 
