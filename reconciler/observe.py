@@ -121,6 +121,7 @@ class ObservedHost:
     dirs: dict[str, str] = field(default_factory=dict)       # path -> "dir" | "other" (absent: missing)
     error: str | None = None
     commands: int = 0
+    external: str = ""      # what `external.probe_script` printed (`external:` entries seen from this host)
 
     @property
     def ok(self) -> bool:
@@ -170,7 +171,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_script(targets: Iterable[Target], salt: str) -> str:
+def build_script(targets: Iterable[Target], salt: str, extra: str = "") -> str:
     """The one read-only command that observes every target service on a host.
 
     Few processes on the host, whatever the number of services: shell builtins gather names and
@@ -179,7 +180,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     `getent` each cover all services. Health is checked only for active units, and only where curl
     is installed. Drop-ins of each unit (`/etc` and `/run/systemd/system/UNIT.d/*.conf`) are found
     with globs and read with the other files. Each block is one base64 line `key<TAB>-<TAB>payload`,
-    parsed by `parse_output`.
+    parsed by `parse_output`. `extra` (read-only shell, e.g. `external.probe_script`) runs last, its output
+    the `external` block (`ObservedHost.external`).
     """
     targets = list(targets)
     q = shlex.quote
@@ -209,6 +211,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     lines.append("[ -r /etc/group ] && while IFS= read -r l; do case $l in " + "|".join(f"{q(g)}:*" for g in groups)
                  + ') rec group - "$l";; esac; done < /etc/group')
     lines.append(_TAIL.replace("@USERS@", " ".join(q(u) for u in users)))
+    if extra:
+        lines.append("(\n" + extra + "\n) 2>/dev/null | block external")
     lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
 
@@ -352,6 +356,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
         elif t.unit_name in bodies:
             svc.health = _checked_health(*bodies[t.unit_name], t.health_expect)
+    obs.external = text_of("external")
     obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
     obs.users = set(obs.accounts)
     return obs
@@ -443,9 +448,12 @@ def _cmdlines(data: bytes) -> dict[str, str]:
     return out
 
 
-def observe_hosts(session: Any, targets: Mapping[str, list[Target]], salt: str) -> dict[str, ObservedHost]:
-    """Observe every connected host in one round trip each, in parallel."""
-    scripts = {h: build_script(ts, salt) for h, ts in targets.items() if h in session.connected}
+def observe_hosts(session: Any, targets: Mapping[str, list[Target]], salt: str,
+                  extra: Mapping[str, str] | None = None) -> dict[str, ObservedHost]:
+    """Observe every connected host in one round trip each, in parallel (`extra`: more read-only shell per host,
+    in the same round trip)."""
+    scripts = {h: build_script(ts, salt, (extra or {}).get(h, "")) for h, ts in targets.items()
+               if h in session.connected}
     results = session.run_many(scripts, timeout=60)
     out: dict[str, ObservedHost] = {}
     for host, ts in targets.items():

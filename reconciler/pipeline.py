@@ -157,11 +157,12 @@ def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> d
 
     scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
+    extra = external_probes(run.spec, scope)
     early, run.early = run.early, None
     if session is not None:
         if early is not None:
             early.close()
-        run.observed = observe_hosts(session, targets, run.salt)
+        run.observed = observe_hosts(session, targets, run.salt, extra)
         return run.observed
     if early is not None and set(early.hosts) == set(scope):
         def warm_up() -> None:
@@ -170,15 +171,29 @@ def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> d
 
         early.while_waiting = warm_up
         try:
-            run.observed = observe_hosts(early, targets, run.salt)
+            run.observed = observe_hosts(early, targets, run.salt, extra)
         finally:
             early.close()
         return run.observed
     if early is not None:
         early.close()
     with observe_session(scope) as s:
-        run.observed = observe_hosts(s, targets, run.salt)
+        run.observed = observe_hosts(s, targets, run.salt, extra)
     return run.observed
+
+
+def external_probes(spec: Spec, hosts: Iterable[str]) -> dict[str, str]:
+    """host → the read-only probe of the `external:` entries it shows (those on it, or that its services need)."""
+    if not spec.externals:
+        return {}
+    from reconciler.external import probe_script, shown_from
+
+    out = {}
+    for h in hosts:
+        shown = shown_from(h, spec.services.values(), spec.externals)
+        if shown:
+            out[h] = probe_script(shown, h)
+    return out
 
 
 def plan(run: Run, refresh_only: bool = False) -> Plan:
