@@ -72,7 +72,7 @@ def probe_script(externals: Sequence[External], host: str) -> str:
     lines = ["NL='\n'"]
     for ext in externals:
         unit = ext.unit if ext.unit and on_host(ext, host) else None
-        lines.append("st=-; code=-; b=")
+        lines.append("st=-; code=-; b=-")
         if unit:
             lines.append(f"st=$(systemctl show -p ActiveState,SubState --value {q(unit)} 2>/dev/null | "
                          "paste -sd/ -); st=${st:-unknown}")
@@ -80,7 +80,7 @@ def probe_script(externals: Sequence[External], host: str) -> str:
             lines.append(f"out=$(curl -q -g -s --noproxy '*' -m 3 -w '\\n%{{http_code}}' {q(ext.health_url)} "
                          "2>/dev/null); code=${out##*\"$NL\"}; code=${code:-000}")
             if ext.health_expect_json:
-                lines.append("b=$(printf '%s' \"${out%\"$NL\"*}\" | base64 -w0)")
+                lines.append("b=$(printf '%s' \"${out%\"$NL\"*}\" | base64 -w0); b=${b:--}")
         lines.append(f"printf 'EXT\\t%s\\t%s\\t%s\\t%s\\n' {q(ext.name)} \"$st\" \"$code\" \"$b\"")
     return "\n".join(lines)
 
@@ -91,7 +91,7 @@ def parse_probe(out: str, externals: Sequence[External], host: str) -> dict[str,
     got: dict[str, ExternalHealth] = {}
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) != 5 or parts[0] != "EXT" or parts[1] not in by_name:
+        if len(parts) not in (4, 5) or parts[0] != "EXT" or parts[1] not in by_name:
             continue
         ext = by_name[parts[1]]
         unit = ext.unit if ext.unit and on_host(ext, host) else None
@@ -99,7 +99,8 @@ def parse_probe(out: str, externals: Sequence[External], host: str) -> dict[str,
         problem = None
         if ext.health_url and ext.health_expect_json and code is not None and 200 <= code < 300:
             try:
-                body = base64.b64decode(parts[4]).decode("utf-8", "replace")
+                body = base64.b64decode(parts[4] if len(parts) == 5 and parts[4] != "-" else "").decode(
+                    "utf-8", "replace")
             except ValueError:
                 body = ""
             problem = healthjson.mismatch(dict(ext.health_expect_json), body)
