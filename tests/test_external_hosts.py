@@ -88,6 +88,8 @@ def test_external_dependency_orders_and_gates_the_dependent(testhost: TestHost, 
            f"http://{testhost.address}:{EXT_PORT}/health: no answer); orchestrator depends on it")
     assert why in res.stdout, res.stdout
     assert "node1/control-center" in res.stdout and "an earlier wave failed" in res.stdout, res.stdout
+    res = m.run("restart", "orchestrator", "--yes", check=1)     # the imperative start/restart refuse too
+    assert "external extdb is unhealthy (unit extdb.service is inactive/dead" in res.stdout + res.stderr, res
     assert pids(testhost, ["orchestrator", "control-center", "mcp-server"]) == before   # nothing restarted
     assert show(testhost, "extdb.service", "ActiveState")["ActiveState"] == "inactive"  # recon did not start it
     hist = [e for e in StateStore(tmp_path / "state").history() if e["service"] == "orchestrator"]
