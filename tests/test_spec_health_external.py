@@ -149,3 +149,11 @@ external:
   surrealdb: {hosts: [n1], unit: "bad unit"}
 """))
     assert at(problems(path), "external.surrealdb.unit").expected == "a systemd unit name, e.g. surrealdb.service"
+
+
+def test_the_example_layer_validates_over_the_platform():
+    repo = Path(__file__).resolve().parents[1]
+    spec = load_spec([str(repo / "specs/platform.yaml"), str(repo / "specs/examples/external.yaml")])
+    assert spec.services["orchestrator"].external_deps == ("surrealdb",)
+    assert all(s.health_expect_json == (("database", "connected"),) for s in spec.services.values())
+    assert "Wants=network-online.target surrealdb.service" in desired_state(spec)["node1"]["orchestrator"].unit_text
