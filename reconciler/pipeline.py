@@ -148,16 +148,18 @@ def hosts_in_scope(run: Run) -> dict[str, Host]:
     return {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
 
 
-def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> dict[str, ObservedHost]:
+def observe(run: Run, session: Any | None = None, warm: Sequence[str] = (), externals: bool = False
+            ) -> dict[str, ObservedHost]:
     """Observe the hosts in scope (one batched command each), opening a session unless given one: the
     read-only OpenSSH session (`openssh.observe_session`); apply passes its pyinfra session. The modules
-    named in `warm` are imported while the hosts answer (what the caller needs next)."""
+    named in `warm` are imported while the hosts answer (what the caller needs next). `externals`: probe
+    the spec's `external:` entries in the same command (status, watch)."""
     from reconciler.observe import observe_hosts
     from reconciler.openssh import observe_session
 
     scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
-    extra = external_probes(run.spec, scope)
+    extra = external_probes(run.spec, scope) if externals else {}
     early, run.early = run.early, None
     if session is not None:
         if early is not None:

@@ -412,7 +412,7 @@ def run_status(req: StatusRequest) -> StatusResult:
     from reconciler import pipeline
 
     run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False, connect_early=True)
-    pipeline.observe(run)
+    pipeline.observe(run, externals=True)
     return status_of(run)
 
 
@@ -556,7 +556,7 @@ def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
         with Session(pipeline.hosts_in_scope(run)) as session:
             while req.count is None or done < req.count:
                 t0 = time.monotonic()
-                pipeline.observe(run, session)
+                pipeline.observe(run, session, externals=True)
                 status = status_of(run)
                 seconds = time.monotonic() - t0
                 alerts = transitions(before, status, now_iso())
