@@ -12,6 +12,9 @@ interleaved round-robin, each `--runs` times:
   plan / status +json    with a layer `defaults.health.expect_json: {database: connected}` (bodies read back)
   status +external       with an `external:` entry (unit systemd-journald, the orchestrator's /health)
 
+Then times the observation alone in this process (`pipeline.observe`, the round trip over a login started
+beforehand, as `recon status` does), plain / +json / +external, interleaved, 3 × `--runs` times each.
+
 Prints medians (min) and the ratios against `ssh curl ×9` and against the same command without the keys.
 """
 
@@ -64,6 +67,22 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def observe_times(hosts: Path, expect: Path, ext: Path, n: int) -> dict[str, list[float]]:
+    from reconciler import pipeline
+
+    state = str(Path(os.environ["TESTHOSTS_DIR"]) / "health-state")
+    cases = {"plain": ([hosts], False), "+json": ([hosts, expect], False), "+external": ([hosts, ext], True)}
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(n):
+        for k, (layers, externals) in cases.items():
+            run = pipeline.prepare([*SPECS, *map(str, layers)], state, secrets=False, connect_early=True)
+            t0 = time.perf_counter()
+            pipeline.observe(run, externals=externals)
+            out[k].append(time.perf_counter() - t0)
+            assert all(o.ok for o in run.observed.values()), run.observed
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
@@ -108,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.runs):
             for k, a in cases.items():
                 times[k].append(timed(a, env))
+        observe = observe_times(hosts, expect, ext, 3 * args.runs)
     finally:
         if not args.keep:
             pool.down()
@@ -120,8 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         base = k.split(" +")[0]
         without = f"{med[k] / med[base]:.2f}×" if base != k else ""
         print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s | {med[k] / med[ref]:.2f}× | {without} |")
+    print("\n| observation only (in process) | median | min | / plain |")
+    print("| --- | ---: | ---: | ---: |")
+    for k, v in observe.items():
+        print(f"| {k} | {statistics.median(v) * 1000:.0f} ms | {min(v) * 1000:.0f} ms | "
+              f"{statistics.median(v) / statistics.median(observe['plain']):.2f}× |")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med}, indent=2) + "\n")
+        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med, "observe": observe}, indent=2)
+                                       + "\n")
     return 0
 
 
