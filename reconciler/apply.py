@@ -20,8 +20,8 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.state import StateStage
 from pyinfra.operations import files, systemd
 
+from reconciler import external, ownership
 from reconciler import hostscripts as hs
-from reconciler import ownership
 from reconciler.archive import load_archive, pack
 from reconciler.desired import DesiredService, release_entries, sha256_text
 from reconciler.errors import ReconError
@@ -85,6 +85,7 @@ class Applier:
         self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to
         self.op_errors = _OpErrors()
         self.lost: dict[str, str] = {}   # hosts whose connection went away mid-apply, and the error
+        self.externals_seen: dict[tuple[str, str], external.ExternalHealth] = {}   # (host, name): probed once
         logging.getLogger("pyinfra").addHandler(self.op_errors)
 
     # --- pyinfra operations ------------------------------------------------------------------------
@@ -211,9 +212,11 @@ class Applier:
 
     # --- one wave on one host --------------------------------------------------------------------
     def apply_wave(self, host: str, wave: int, changes: list[Change], desired: dict[str, DesiredService]) -> bool:
-        failed: list[Change] = []
+        failed: list[Change] = self.refuse_for_externals(host, wave, changes)
         ready: list[Change] = []
         for c in changes:
+            if c in failed:
+                continue
             d = desired[c.service]
             try:
                 self.stage_files(host, c, d)
@@ -268,6 +271,34 @@ class Applier:
                     self.emit(EventKind.FAIL, host, c.service, f"health check failed: {detail}", wave)
                     self.handle_failure(host, c, d, detail, wave)
         return not failed
+
+    def refuse_for_externals(self, host: str, wave: int, changes: list[Change]) -> list[Change]:
+        """Before a wave starts services that depend on externals: probe those externals from this host (once
+        per host and apply), and refuse (fail, untouched) the changes whose externals are unhealthy."""
+        spec = self.run.spec
+        starting = [c for c in changes if c.effect in (Effect.START, Effect.RESTART)
+                    and c.service in spec.services and spec.services[c.service].external_deps]
+        if not starting:
+            return []
+        seen = self.externals_seen
+        todo = [e for e in external.needed_on(host, [spec.services[c.service] for c in starting], spec.externals)
+                if (host, e.name) not in seen]
+        if todo:
+            self.emit(EventKind.STEP, host, message="checking externals: " + ", ".join(e.name for e in todo),
+                      wave=wave)
+            _, out = self.sh(host, external.probe_script(todo, host), timeout=30)
+            for name, h in external.parse_probe(out, todo, host).items():
+                seen[(host, name)] = h
+        refused = []
+        for c in starting:
+            bad = [seen[(host, x)] for x in spec.services[c.service].external_deps
+                   if (host, x) in seen and not seen[(host, x)].ok]
+            if bad:
+                detail = external.refusal(c.service, bad)
+                self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                self.outcome(c, Result.FAILED, detail)
+                refused.append(c)
+        return refused
 
     def _kept(self, host: str, service: str) -> list[str]:
         """The releases observed under the service's releases/ dir before this run changed anything."""

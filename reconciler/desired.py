@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ UNIT_KEYS: dict[str, str] = {
     "EnvironmentFile": "secrets",
     "Requires": "depends_on",
     "After": "depends_on",
+    "Wants": "depends_on",
     "ExecReload": "reload.signal",
     "ReadWritePaths": "data_dir",
     "Description": "description",
@@ -202,6 +203,7 @@ class DesiredService:
     # the host is observed as; `archive_sha256` the archive's own checksum from the spec
     entrypoint: str | None = None
     archive_sha256: str | None = None
+    health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json` (reconciler.healthjson)
 
     @property
     def unit_sha(self) -> str:
@@ -239,19 +241,23 @@ def render_config(config: Mapping[str, Any]) -> str:
     return MANAGED_HEADER + tomli_w.dumps(dict(config))
 
 
-def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_path: str) -> str:
-    """The systemd unit of `svc` (the platform's naming: provisioning-{service}.service)."""
-    deps = " ".join(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on)
+def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_path: str,
+                external_units: Sequence[str] = ()) -> str:
+    """The systemd unit of `svc` (the platform's naming: provisioning-{service}.service). `external_units`:
+    the units of the externals it depends on that run on the same host: `After=` and `Wants=` (not
+    `Requires=`: their owner's stop or restart must not stop or restart recon's service; docs/design.md)."""
+    deps = " ".join([*(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on), *external_units])
+    wants = " ".join(["network-online.target", *external_units])
     lines = [
         f"# Managed by recon: {svc.name} {svc.version}. Edits are reported as drift.",
         "[Unit]",
         "Description=" + unit_text_value(f"Provisioning {svc.name}" + (f" ({svc.description})" if svc.description
                                                                         else "")),
         "After=network-online.target" + (f" {deps}" if deps else ""),
-        "Wants=network-online.target",
+        f"Wants={wants}",
     ]
-    if deps:
-        lines.append(f"Requires={deps}")
+    if svc.depends_on:
+        lines.append("Requires=" + " ".join(f"{UNIT_PREFIX}{d}.service" for d in svc.depends_on))
     lines += ["StartLimitIntervalSec=0", "", "[Service]", f"Type={svc.type}",
               f"User={svc.user}", f"Group={svc.group}"]
     args = [expand(a, values) for a in svc.args]
@@ -307,10 +313,22 @@ def render_secrets(svc: Service, lookup: Callable[[str, Any], str]) -> str:
     return "".join(out)
 
 
+def external_units_of(spec: Spec, svc: Service, host: str) -> list[str]:
+    """The units of `svc`'s externals that run on `host` (those its unit orders itself after)."""
+    out = []
+    for name in svc.external_deps:
+        ext = spec.externals.get(name)
+        if ext is not None and ext.unit and host in ext.hosts:
+            out.append(ext.unit)
+    return out
+
+
 def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any], str] | None,
-                    tree_lookup: Callable[[Service], str] | None = None) -> DesiredService:
+                    tree_lookup: Callable[[Service], str] | None = None,
+                    external_units: Sequence[str] = ()) -> DesiredService:
     """`tree_lookup(svc)` gives an archive service's tree digest (it reads the archive: `pipeline` passes
-    `archive_digest`); without it the archive's own sha256 stands in."""
+    `archive_digest`); without it the archive's own sha256 stands in. `external_units`: the units of the
+    service's externals on this host (`external_units_of`)."""
     values = template_values(svc, host)
     binary = f"{svc.release_dir}/{svc.entrypoint}" if svc.entrypoint else f"{svc.release_dir}/{svc.name}"
     env_path = f"{svc.config_dir}/{svc.name}.env"
@@ -325,7 +343,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         archive_sha256=svc.sha256 if svc.entrypoint else None,
         unit_name=svc.unit_name,
         unit_path=f"{UNIT_DIR}/{svc.unit_name}",
-        unit_text=render_unit(svc, values, binary, env_path),
+        unit_text=render_unit(svc, values, binary, env_path, external_units),
         config_path=svc.config_path,
         config_text=render_config(config),
         env_path=env_path,
@@ -348,6 +366,7 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         secret_names=tuple(sorted(svc.secrets)),
         secrets_text=secrets_text,
         ignore_drift=svc.ignore_drift,
+        health_expect_json=svc.health_expect_json,
     )
 
 
@@ -357,7 +376,8 @@ def desired_state(spec: Spec, secret_lookup: Callable[[str, Any], str] | None = 
     out: dict[str, dict[str, DesiredService]] = {h: {} for h in spec.hosts}
     for svc in spec.services.values():
         for h in svc.hosts:
-            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup, tree_lookup)
+            out[h][svc.name] = desired_service(svc, spec.hosts[h], secret_lookup, tree_lookup,
+                                               external_units_of(spec, svc, h))
     return out
 
 

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from reconciler import healthjson
 from reconciler.archive import TREESUM_FN, reserved_prefixes
 from reconciler.desired import DesiredService
 from reconciler.ownership import delete_script, ensure_script, prune_script
@@ -24,8 +25,10 @@ __all__ = ["HEALTH_FN", "JOB_MODE", "activate_script", "binary_sha_script", "bou
 
 JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependents keep running
 
-HEALTH_FN = r"""check() {
-  n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6
+# `check NAME UNIT URL TIMEOUT INTERVAL STATUS [KEY CANONICAL SHOWN]...`: with fields after STATUS
+# (`health.expect_json`), the answer's body must also carry them (reconciler.healthjson's awk matcher).
+_CHECK_FN = r"""check() {
+  n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6; shift 6
   start=$(date +%s); end=$((start + t))
   while :; do
     if ! systemctl is-active -q "$u"; then
@@ -33,14 +36,25 @@ HEALTH_FN = r"""check() {
       echo "RESULT	$n	fail	unit is ${st% }"; return
     fi
     if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
-    code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
+    why=
+    if [ $# -gt 0 ]; then
+      out=$(curl -q -g -s --noproxy '*' -m 2 -w '\n%{http_code}' "$url" 2>/dev/null)
+      code=${out##*"$RECON_NL"}
+      [ "$code" = "$want" ] && why=$(printf '%s' "${out%"$RECON_NL"*}" | LC_ALL=C awk "$RECON_JSON_AWK" "$@" 2>&1 ||
+        echo "the health JSON was not checked: awk failed")
+    else
+      code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
+    fi
     now=$(date +%s)
-    if [ "$code" = "$want" ]; then echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; return; fi
-    if [ "$now" -ge "$end" ]; then echo "RESULT	$n	fail	HTTP ${code:-no answer} after ${t}s"; return; fi
-    [ "$now" != "${said:-}" ] && said=$now && echo "PROBE	$n	${code:-000}	$((now - start))	$t"
+    if [ "$code" = "$want" ] && [ -z "$why" ]; then
+      echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; return; fi
+    if [ "$now" -ge "$end" ]; then
+      echo "RESULT	$n	fail	HTTP ${code:-no answer}${why:+, $why} after ${t}s"; return; fi
+    [ "$now" != "${said:-}" ] && said=$now && echo "PROBE	$n	${code:-000}${why:+, $why}	$((now - start))	$t"
     sleep "$iv"
   done
 }"""
+HEALTH_FN = f"RECON_NL='\n'\nRECON_JSON_AWK={shlex.quote(healthjson.AWK)}\n{_CHECK_FN}"
 
 q = shlex.quote
 
@@ -48,8 +62,11 @@ q = shlex.quote
 # --------------------------------------------------------------------------------------------- health
 def check_line(d: DesiredService) -> str:
     """One call of HEALTH_FN's `check` for a service: prints `RESULT name ok|fail detail`."""
-    return (f"check {q(d.service)} {q(d.unit_name)} {q(d.health_url or '')} {int(max(1, d.health_timeout_s))} "
+    line = (f"check {q(d.service)} {q(d.unit_name)} {q(d.health_url or '')} {int(max(1, d.health_timeout_s))} "
             f"{d.health_interval_s:g} {d.health_status}")
+    if d.health_url and d.health_expect_json:
+        line += " " + " ".join(q(a) for a in healthjson.awk_args(dict(d.health_expect_json)))
+    return line
 
 
 def parse_results(out: str) -> dict[str, tuple[bool, str]]:

@@ -8,12 +8,14 @@ command on every host at once through `reconciler.transport`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler import healthjson
 from reconciler.archive import TREESUM_FN
 
 SHOW_PROPS = (
@@ -40,18 +42,20 @@ class Target:
     group: str | None = None              # its group (reported back in ObservedHost.groups)
     dirs: tuple[str, ...] = ()            # directories whose existence is reported (ObservedHost.dirs)
     tree: bool = False                    # an archive release: observed as its tree digest (archive.TREESUM_FN)
+    health_expect: tuple[tuple[str, Any], ...] = ()   # `health.expect_json`: the body is read and checked
 
 
 @dataclass
 class Health:
     code: int | None
+    problem: str | None = None     # a 2xx answer without the `health.expect_json` fields: which, expected, found
 
     @property
     def ok(self) -> bool:
-        return self.code is not None and 200 <= self.code < 300
+        return self.code is not None and 200 <= self.code < 300 and self.problem is None
 
     def summary(self) -> str:
-        return "no answer" if self.code is None else f"HTTP {self.code}"
+        return "no answer" if self.code is None else f"HTTP {self.code}" + (f", {self.problem}" if self.problem else "")
 
 
 @dataclass
@@ -119,6 +123,7 @@ class ObservedHost:
     dirs: dict[str, str] = field(default_factory=dict)       # path -> "dir" | "other" (absent: missing)
     error: str | None = None
     commands: int = 0
+    external: str = ""      # what `external.probe_script` printed (`external:` entries seen from this host)
 
     @property
     def ok(self) -> bool:
@@ -129,7 +134,7 @@ _PRELUDE = r"""set +e
 LC_ALL=C; export LC_ALL
 NL='
 '
-meta=; bins=; files=; pids=; urls=; curl=
+meta=; bins=; files=; pids=; urls=; jurls=; curl=
 command -v curl >/dev/null 2>&1 && curl=1
 rec() { meta="$meta$1	$2	$3$NL"; }
 block() { printf '%s\t-\t' "$1"; base64 -w0; printf '\n'; }
@@ -155,7 +160,9 @@ unit() {
   [ -n "$id" ] || return 0
   [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && pids="$pids/proc/$pid/cmdline$NL"
   case $st$curl in
-    active1|reloading1) url=; urlof "$id"; [ -n "$url" ] && urls="$urls$url$NL" && rec check "$id" -;;
+    active1|reloading1) url=; js=; urlof "$id"
+      if [ -n "$js" ]; then jurls="$jurls$url$NL"; rec jcheck "$id" -
+      elif [ -n "$url" ]; then urls="$urls$url$NL"; rec check "$id" -; fi;;
   esac
   id=; pid=; st=
 }
@@ -166,7 +173,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_script(targets: Iterable[Target], salt: str) -> str:
+def build_script(targets: Iterable[Target], salt: str, extra: str = "") -> str:
     """The one read-only command that observes every target service on a host.
 
     Few processes on the host, whatever the number of services: shell builtins gather names and
@@ -175,12 +182,16 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     `getent` each cover all services. Health is checked only for active units, and only where curl
     is installed. Drop-ins of each unit (`/etc` and `/run/systemd/system/UNIT.d/*.conf`) are found
     with globs and read with the other files. Each block is one base64 line `key<TAB>-<TAB>payload`,
-    parsed by `parse_output`.
+    parsed by `parse_output`. `extra` (read-only shell, e.g. `external.probe_script`) runs last, its output
+    the `external` block (`ObservedHost.external`).
     """
     targets = list(targets)
     q = shlex.quote
     lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"printf 'protocol\\t-\\t%s\\n' {_b64(PROTOCOL)}"]
-    urls = [f"  {q(t.unit_name)}) url={q(t.health_url)};;" for t in targets if t.health_url]
+    urls = [f"  {q(t.unit_name)}) url={q(t.health_url)}{'; js=1' if t.health_expect else ''};;"
+            for t in targets if t.health_url]
+    if any(t.health_url and t.health_expect for t in targets):
+        lines.append(f"RECON_HMARK={health_mark(salt)}")
     lines.append("urlof() {\n  case $1 in\n" + "\n".join(urls) + ("\n" if urls else "") + "  esac\n}")
     for t in targets:
         lines.append("obs " + " ".join(q(x) for x in (t.service, t.service_dir, t.config_path, t.unit_name,
@@ -206,6 +217,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     lines.append("[ -r /etc/group ] && while IFS= read -r l; do case $l in " + "|".join(f"{q(g)}:*" for g in groups)
                  + ') rec group - "$l";; esac; done < /etc/group')
     lines.append(_TAIL.replace("@USERS@", " ".join(q(u) for u in users)))
+    if extra:
+        lines.append("(\n" + extra + "\n) 2>/dev/null | block external")
     lines.append(f"printf 'end\\t-\\t%s\\n' {_b64('ok')}")
     return "\n".join(x for x in lines if x) + "\n"
 
@@ -236,6 +249,11 @@ if [ -n "$urls" ]; then
   out=$(curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\n' "$@" 2>/dev/null)
   case $out in [0-9]*) ;; *) out=$(curl -q -g -s --noproxy '*' -m 3 -w '= %{http_code}\n' "$@" 2>/dev/null);; esac
   printf '%s' "$out" | block health
+fi
+if [ -n "$jurls" ]; then   # health.expect_json: one after another, each body followed by a marker line
+  set --; for x in $jurls; do set -- "$@" "$x"; done
+  { printf '%s\n' "$RECON_HMARK"; curl -q -g -s --noproxy '*' -m 3 -w "\n$RECON_HMARK %{http_code}\n" "$@" 2>/dev/null
+  } | block health_json
 fi
 getent passwd @USERS@ | block users
 }"""
@@ -292,6 +310,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         return blocks.get(key, b"").decode("utf-8", "replace")
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
+    jchecks: list[str] = []         # units whose health body was read (health.expect_json), in order
     dropins: dict[str, list[str]] = {}
     trees: dict[str, dict[str, str]] = {}    # service → release → tree digest (archive releases)
     for line in text_of("meta").splitlines():
@@ -302,6 +321,9 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue
         if key == "check":
             checks.append(name)
+            continue
+        if key == "jcheck":
+            jchecks.append(name)
             continue
         if key == "dir":
             obs.dirs[value] = "dir" if name == "d" else "other"
@@ -334,6 +356,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
     show = _parse_show(text_of("show"))
     cmdlines = _cmdlines(blocks.get("cmdline", b""))
     health = _health_results(text_of("health"), checks)
+    bodies = health_bodies(text_of("health_json"), jchecks)
     for name, t in by_name.items():
         svc = obs.services[name]
         svc.releases.sort()
@@ -353,9 +376,42 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if t.unit_name in checks:
             code = health.get(t.unit_name, "000")
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
+        elif t.unit_name in bodies:
+            svc.health = _checked_health(*bodies[t.unit_name], t.health_expect)
+    obs.external = text_of("external")
     obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
     obs.users = set(obs.accounts)
     return obs
+
+
+def health_mark(salt: str) -> str:
+    """The line that ends each health body in the observation's answer (from the salt, which it does not show)."""
+    return "RECON-HEALTH-" + hashlib.sha256(f"health-mark\0{salt}".encode()).hexdigest()[:20]
+
+
+def health_bodies(text: str, checks: list[str]) -> dict[str, tuple[str, str]]:
+    """unit → (HTTP code, body) from the `health_json` block: the MARK line, then curl's bodies, each followed
+    by a line `MARK CODE`, in the order of `checks`."""
+    out: dict[str, tuple[str, str]] = {}
+    mark, _, text = text.partition("\n")
+    if not checks or not mark.startswith("RECON-HEALTH-"):
+        return out
+    pattern = re.compile(r"(.*?)\n" + re.escape(mark) + r" ([0-9]{3})\n", re.S)
+    pos = 0
+    for unit in checks:
+        m = pattern.match(text, pos)
+        if m is None:
+            break
+        out[unit] = (m[2], m[1])
+        pos = m.end()
+    return out
+
+
+def _checked_health(code: str, body: str, expect: tuple[tuple[str, Any], ...]) -> Health:
+    if not code.isdigit() or code == "000":
+        return Health(None)
+    status = int(code)
+    return Health(status, healthjson.mismatch(dict(expect), body) if 200 <= status < 300 else None)
 
 
 def _health_results(text: str, checks: list[str]) -> dict[str, str]:
@@ -414,9 +470,12 @@ def _cmdlines(data: bytes) -> dict[str, str]:
     return out
 
 
-def observe_hosts(session: Any, targets: Mapping[str, list[Target]], salt: str) -> dict[str, ObservedHost]:
-    """Observe every connected host in one round trip each, in parallel."""
-    scripts = {h: build_script(ts, salt) for h, ts in targets.items() if h in session.connected}
+def observe_hosts(session: Any, targets: Mapping[str, list[Target]], salt: str,
+                  extra: Mapping[str, str] | None = None) -> dict[str, ObservedHost]:
+    """Observe every connected host in one round trip each, in parallel (`extra`: more read-only shell per host,
+    in the same round trip)."""
+    scripts = {h: build_script(ts, salt, (extra or {}).get(h, "")) for h, ts in targets.items()
+               if h in session.connected}
     results = session.run_many(scripts, timeout=60)
     out: dict[str, ObservedHost] = {}
     for host, ts in targets.items():

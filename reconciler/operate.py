@@ -79,7 +79,10 @@ class Operator:
     def host(self, host: str, services: list[str]) -> None:
         for name in services:
             d = self.run.desired[host][name]
-            if self.op == Op.STOP:
+            refused = self.externals_refusal(host, name) if self.op != Op.STOP else None
+            if refused:
+                ok, detail = False, refused
+            elif self.op == Op.STOP:
                 res = self.session.run(host, f"systemctl stop {shlex.quote(d.unit_name)} 2>&1; "
                                              f"systemctl is-active -q {shlex.quote(d.unit_name)} && exit 1; exit 0")
                 ok, detail = res.ok, "stopped" if res.ok else f"still active: {(res.stdout + res.stderr).strip()}"
@@ -95,6 +98,20 @@ class Operator:
             self.on_event(host, name, ok, detail)
             if not ok:              # later services may depend on this one: stop here on this host
                 return
+
+    def externals_refusal(self, host: str, name: str) -> str | None:
+        """Why SERVICE must not be started on HOST (an `external:` it depends on is unhealthy), or None: the
+        externals are probed first, so recon never starts a dependent of an external that is down (and
+        systemd's `Wants=` never starts the external along with it)."""
+        from reconciler import external
+
+        spec = self.run.spec
+        needed = external.needed_on(host, [spec.services[name]], spec.externals)
+        if not needed:
+            return None
+        res = self.session.run(host, external.probe_script(needed, host), timeout=30)
+        bad = [h for h in external.parse_probe(res.stdout, needed, host).values() if not h.ok]
+        return external.refusal(name, bad) if bad else None
 
     def record(self, host: str, name: str, ok: bool, detail: str) -> None:
         if ok:

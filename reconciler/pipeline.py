@@ -77,7 +77,8 @@ def build_targets(desired: dict[str, dict[str, DesiredService]], state: State) -
     out: dict[str, list[Target]] = {}
     for host, svcs in desired.items():
         ts = [Target(d.service, d.service_dir, d.config_path, d.unit_name, d.env_path, d.version, d.health_url,
-                     d.user, d.group, tuple(s.path for s in dirs_of(d)), tree=d.entrypoint is not None)
+                     d.user, d.group, tuple(s.path for s in dirs_of(d)), tree=d.entrypoint is not None,
+                     health_expect=d.health_expect_json)
               for d in svcs.values()]
         for name, rec in state.hosts.get(host, {}).items():
             if name not in svcs:
@@ -149,20 +150,23 @@ def hosts_in_scope(run: Run) -> dict[str, Host]:
     return {h: run.spec.hosts[h] for h in run.desired if run.hosts is None or h in run.hosts}
 
 
-def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> dict[str, ObservedHost]:
+def observe(run: Run, session: Any | None = None, warm: Sequence[str] = (), externals: bool = False
+            ) -> dict[str, ObservedHost]:
     """Observe the hosts in scope (one batched command each), opening a session unless given one: the
     read-only OpenSSH session (`openssh.observe_session`); apply passes its pyinfra session. The modules
-    named in `warm` are imported while the hosts answer (what the caller needs next)."""
+    named in `warm` are imported while the hosts answer (what the caller needs next). `externals`: probe
+    the spec's `external:` entries in the same command (status, watch)."""
     from reconciler.observe import observe_hosts
     from reconciler.openssh import observe_session
 
     scope = hosts_in_scope(run)
     targets = {h: ts for h, ts in build_targets(run.desired, run.state).items() if h in scope}
+    extra = external_probes(run.spec, scope) if externals else {}
     early, run.early = run.early, None
     if session is not None:
         if early is not None:
             early.close()
-        run.observed = observe_hosts(session, targets, run.salt)
+        run.observed = observe_hosts(session, targets, run.salt, extra)
         return run.observed
     if early is not None and set(early.hosts) == set(scope):
         def warm_up() -> None:
@@ -171,15 +175,29 @@ def observe(run: Run, session: Any | None = None, warm: Sequence[str] = ()) -> d
 
         early.while_waiting = warm_up
         try:
-            run.observed = observe_hosts(early, targets, run.salt)
+            run.observed = observe_hosts(early, targets, run.salt, extra)
         finally:
             early.close()
         return run.observed
     if early is not None:
         early.close()
     with observe_session(scope) as s:
-        run.observed = observe_hosts(s, targets, run.salt)
+        run.observed = observe_hosts(s, targets, run.salt, extra)
     return run.observed
+
+
+def external_probes(spec: Spec, hosts: Iterable[str]) -> dict[str, str]:
+    """host → the read-only probe of the `external:` entries it shows (those on it, or that its services need)."""
+    if not spec.externals:
+        return {}
+    from reconciler.external import probe_script, shown_from
+
+    out = {}
+    for h in hosts:
+        shown = shown_from(h, spec.services.values(), spec.externals)
+        if shown:
+            out[h] = probe_script(shown, h)
+    return out
 
 
 def plan(run: Run, refresh_only: bool = False) -> Plan:

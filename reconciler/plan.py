@@ -483,7 +483,15 @@ def _human(n: int) -> str:
 # --------------------------------------------------------------------------------------------- one service
 def _healthy(d: DesiredService, o: ObservedService) -> bool:
     """No probe (no URL, unit not active, no curl) counts as no news; else the status must be the expected one."""
-    return o.health is None or o.health.code == d.health_status
+    return o.health is None or (o.health.code == d.health_status and o.health.problem is None)
+
+
+def _want_health(d: DesiredService) -> str:
+    """What a healthy answer is, as the plan shows it: `HTTP 200` and any `health.expect_json` fields."""
+    from reconciler.healthjson import display
+
+    fields = ", ".join(f"{k}={display(v)}" for k, v in d.health_expect_json)
+    return f"HTTP {d.health_status}" + (f" with {fields}" if fields else "")
 
 
 def _fast_converged(d: DesiredService, o: ObservedService, salt: str) -> bool:
@@ -600,7 +608,7 @@ def plan_service(d: DesiredService, o: ObservedService, record: ServiceRecord | 
                                   "active", Kind.DRIFT if by else runtime_kind, part=Part.RUNTIME))
     elif not _healthy(d, o):
         assert o.health is not None
-        fields.append(FieldChange("health", o.health.summary(), f"HTTP {d.health_status}", runtime_kind,
+        fields.append(FieldChange("health", o.health.summary(), _want_health(d), runtime_kind,
                                   part=Part.RUNTIME))
     if d.run != "stopped" and props.get("UnitFileState", "enabled") not in ("enabled", ""):
         fields.append(FieldChange("enabled", props.get("UnitFileState"), "enabled", runtime_kind, part=Part.RUNTIME))

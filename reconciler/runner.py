@@ -181,20 +181,22 @@ class StatusRow:
     pid: int
     error: str | None = None   # why the host could not be observed
     run: str = "running"       # the spec's `run`: a `stopped` service is fine when it does not run
+    external: bool = False     # an `external:` entry: not managed by recon (state: its unit's, or `-`)
 
     @property
     def on_desired(self) -> bool:
-        return self.running == self.desired or (self.run == "stopped" and self.running is None)
+        return self.running == self.desired or (self.run == "stopped" and self.running is None) or self.external
 
 
 @dataclass
 class StatusResult:
     rows: list[StatusRow]
     errors: list[str]
+    externals: list[StatusRow] = field(default_factory=list)   # `external:` entries, per host that shows them
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(r.healthy and r.on_desired for r in self.rows)
+        return not self.errors and all(r.healthy and r.on_desired for r in [*self.rows, *self.externals])
 
 
 @dataclass
@@ -410,7 +412,7 @@ def run_status(req: StatusRequest) -> StatusResult:
     from reconciler import pipeline
 
     run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False, connect_early=True)
-    pipeline.observe(run)
+    pipeline.observe(run, externals=True)
     return status_of(run)
 
 
@@ -441,7 +443,23 @@ def status_of(run: Any) -> StatusResult:
                          else bool(o and o.health and o.health.ok)),
                 memory=_mib(props.get("MemoryCurrent")), memory_max=_mib(props.get("MemoryMax")),
                 restarts=int(props.get("NRestarts", "0") or 0), pid=o.main_pid if o else 0, run=d.run))
-    return StatusResult(rows, errors)
+    return StatusResult(rows, errors, external_rows(run))
+
+
+def external_rows(run: Any) -> list[StatusRow]:
+    """A row per `external:` entry and host that shows it (marked external): its unit's state, its health."""
+    from reconciler.external import parse_probe, shown_from
+
+    rows: list[StatusRow] = []
+    for host in run.desired:
+        obs = run.observed.get(host)
+        if (run.hosts and host not in run.hosts) or obs is None or obs.error:
+            continue
+        shown = shown_from(host, run.spec.services.values(), run.spec.externals)
+        for name, h in sorted(parse_probe(obs.external, shown, host).items()):
+            rows.append(StatusRow(host, name, "-", None, None, h.state or "-", h.health_summary(), h.ok, "-", "-",
+                                  0, 0, external=True))
+    return rows
 
 
 def _mib(v: str | None) -> str:
@@ -538,7 +556,7 @@ def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
         with Session(pipeline.hosts_in_scope(run)) as session:
             while req.count is None or done < req.count:
                 t0 = time.monotonic()
-                pipeline.observe(run, session)
+                pipeline.observe(run, session, externals=True)
                 status = status_of(run)
                 seconds = time.monotonic() - t0
                 alerts = transitions(before, status, now_iso())

@@ -57,7 +57,7 @@ def conditions(rows: Iterable[Any]) -> dict[tuple[str, str, AlertKind], str]:
             if r.state.startswith("active"):
                 out[(r.host, r.service, AlertKind.STOPPED)] = f"runs although the spec says run: stopped ({r.state})"
             continue
-        if not r.state.startswith("active"):
+        if not r.state.startswith("active") and r.state != "-":     # `-`: an external without a unit
             out[(r.host, r.service, AlertKind.STOPPED)] = f"unit is {r.state}"
         elif not r.healthy and r.health != "-":
             out[(r.host, r.service, AlertKind.UNHEALTHY)] = f"health check: {r.health}"
@@ -70,8 +70,8 @@ def transitions(before: Any | None, after: Any, now: str) -> list[Alert]:
     """Alerts between two ticks (`runner.StatusResult`s; `before` None: the first tick, measured against
     a healthy platform, so what is already wrong fires once). Each condition fires once when it starts
     and once more when it ends; a restart fires each time the count goes up."""
-    prev = conditions(before.rows) if before is not None else {}
-    cur = conditions(after.rows)
+    prev = conditions([*before.rows, *before.externals]) if before is not None else {}
+    cur = conditions([*after.rows, *after.externals])
     alerts = [Alert(h, s, k, AlertState.FIRING, cur[(h, s, k)], now) for (h, s, k) in cur if (h, s, k) not in prev]
     alerts += [Alert(h, s, k, AlertState.RESOLVED, f"recovered ({prev[(h, s, k)]})", now)
                for (h, s, k) in prev if (h, s, k) not in cur]

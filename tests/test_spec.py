@@ -484,7 +484,8 @@ def test_unknown_keys_list_the_allowed_ones(write):
     assert p.expected.startswith("one of args, artifact, config, config_dir, data_dir, depends_on, description")
     assert at(found, "services.db.a, b (c)").origin.line == line_of(text, "a, b (c)")
     p = at(found, "extra")
-    assert p.expected == "one of defaults, hosts, services, version" and p.origin.line == line_of(text, "extra")
+    assert p.expected == "one of defaults, external, hosts, services, version"
+    assert p.origin.line == line_of(text, "extra")
     assert len(found) == 3
 
 

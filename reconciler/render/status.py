@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import asdict
+from typing import Any
 
 from reconciler.runner import StatusResult
 
@@ -12,7 +13,24 @@ COLUMNS = ("HOST", "SERVICE", "DESIRED", "RUNNING", "STATE", "HEALTH", "MEMORY",
 
 
 def render_status_json(result: StatusResult) -> str:
-    return json.dumps({"services": [asdict(r) for r in result.rows], "errors": result.errors}, indent=2) + "\n"
+    return json.dumps({"services": [asdict(r) for r in result.rows], "errors": result.errors,
+                       "externals": [asdict(r) for r in result.externals]}, indent=2) + "\n"
+
+
+def external_table(result: StatusResult) -> Any:
+    """The `external:` entries (not managed by recon): host, name, its unit's state, health."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, header_style="bold", title="external (not managed by recon)",
+                  title_justify="left", title_style="bold")
+    for col in ("HOST", "EXTERNAL", "UNIT STATE", "HEALTH"):
+        table.add_column(col)
+    for r in result.externals:
+        table.add_row(r.host, r.service, Text(r.state, style="green" if r.state.startswith("active") or r.state == "-"
+                                              else "red"),
+                      Text(r.health, style="green" if r.healthy else "red"))
+    return table
 
 
 def render_status_text(result: StatusResult, color: bool, width: int | None = None) -> str:
@@ -35,6 +53,8 @@ def render_status_text(result: StatusResult, color: bool, width: int | None = No
                       Text(r.health, style="green" if r.healthy else "red"),
                       r.memory, r.memory_max, str(r.restarts))
     console.print(table)
+    if result.externals:
+        console.print(external_table(result))
     for e in result.errors:
         console.print(f"✗ {e}", style="red", markup=False)
     n = len(result.rows)

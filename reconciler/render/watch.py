@@ -22,14 +22,16 @@ def alert_line(a: Alert) -> str:
 def tick_json(t: WatchTick) -> str:
     return json.dumps({"tick": t.tick, "time": t.time, "seconds": round(t.seconds, 3),
                        "services": [asdict(r) for r in t.status.rows], "errors": t.status.errors,
+                       "externals": [asdict(r) for r in t.status.externals],
                        "alerts": [a.to_dict() for a in t.alerts], "alert_errors": t.sink_errors})
 
 
 def tick_summary(t: WatchTick) -> str:
     rows = t.status.rows
     return (f"[tick {t.tick} {t.time[11:19]}] {sum(r.healthy for r in rows)}/{len(rows)} healthy, "
-            f"{sum(r.on_desired for r in rows)}/{len(rows)} on the desired version "
-            f"(observed in {t.seconds:.2f}s)")
+            f"{sum(r.on_desired for r in rows)}/{len(rows)} on the desired version"
+            + (f", {sum(r.healthy for r in ext)}/{len(ext)} externals healthy" if (ext := t.status.externals) else "")
+            + f" (observed in {t.seconds:.2f}s)")
 
 
 class WatchView:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import Problem
+from reconciler.errors import Problem, did_you_mean
 from reconciler.ownership import SERVICE_NAME, overlaps, path_problem
 from reconciler.spec.loader import SpecPath, format_path
 from reconciler.spec.merge import Merged
@@ -103,6 +104,7 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
     data = _dict(merged.data)
     hosts = _dict(data.get("hosts"))
     services = _dict(data.get("services"))
+    externals = _dict(data.get("external"))
     if not services and isinstance(data.get("services"), dict):
         c.add(("services",), "no services defined", expected="at least one service")
     graph: dict[str, list[str]] = {}
@@ -134,9 +136,11 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
             if dep == name:
                 c.add((*base, "depends_on", i), "a service cannot depend on itself", expected="another service",
                       found=dep, per_service=True)
-            elif dep not in services:
+            elif dep not in services and dep not in externals:
                 c.add((*base, "depends_on", i), f"unknown dependency {dep!r}",
-                      expected="one of the services: " + ", ".join(sorted(services)), found=dep)
+                      expected="one of the services: " + ", ".join(sorted(services))
+                      + (", or the externals: " + ", ".join(sorted(externals)) if externals else ""),
+                      found=_with_hint(dep, [*services, *externals]))
         port = svc.get("port")
         if isinstance(port, int) and not isinstance(port, bool):
             for _, h in svc_hosts:
@@ -149,9 +153,11 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
         _check_units(c, base, svc)
         _check_placeholders(c, base, svc)
         _check_config(c, (*base, "config"), svc.get("config"))
+        _check_health_json(c, base, svc)
         if check_artifacts:
             _check_artifact(c, base, svc)
     _check_ownership(c, services)
+    _check_externals(c, hosts, services, externals)
     cycle = find_cycle(graph)
     if cycle:
         c.add(("services", cycle[0], "depends_on"), "dependency cycle: " + " → ".join(cycle),
@@ -288,6 +294,71 @@ def _check_config(c: _Checker, path: SpecPath, value: Any) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_config(c, (*path, i), v)
+
+
+def _with_hint(name: str, choices: Any) -> str:
+    """`name`, and `(did you mean X?)` when a choice is close."""
+    hint = did_you_mean(name, choices).strip()
+    return f"{name} ({hint[0].lower()}{hint[1:]})" if hint else name
+
+
+def _check_externals(c: _Checker, hosts: dict[str, Any], services: dict[str, Any], externals: dict[str, Any]) -> None:
+    """`external:` entries: known hosts, not a service's name, a unit outside recon's own namespace, something to
+    check (a unit or a health URL), and a health URL wherever a dependent runs away from the external's unit."""
+    from reconciler.spec.model import UNIT_PREFIX
+
+    for name, ext in externals.items():
+        if not isinstance(ext, dict):
+            continue   # the schema reports it
+        base: SpecPath = ("external", name)
+        if name in services:
+            c.add(base, f"{name!r} is both a service and an external", expected="one name for one thing", found=name)
+        ext_hosts = [h for _, h in _names(ext.get("hosts"))]
+        for i, h in _names(ext.get("hosts")):
+            if h not in hosts:
+                c.add((*base, "hosts", i), f"unknown host {h!r}",
+                      expected="one of " + (", ".join(sorted(hosts)) or "(no hosts defined)"),
+                      found=_with_hint(h, hosts))
+        unit = ext.get("unit")
+        if isinstance(unit, str) and unit.startswith(UNIT_PREFIX):
+            c.add((*base, "unit"), "an external's unit cannot be one of recon's own (provisioning-*)",
+                  expected="a unit recon does not manage, e.g. surrealdb.service", found=unit)
+        health = ext.get("health") if isinstance(ext.get("health"), dict) else {}
+        if not unit and not health.get("http"):
+            c.add(base, "an external needs something to check", expected="`unit:` or `health.http`, or both",
+                  found="neither")
+        if health.get("expect_json") is not None and not health.get("http"):
+            c.add((*base, "health", "expect_json"), "`health.expect_json` needs `health.http`",
+                  expected="a health URL whose JSON answer carries these fields", found="no health.http")
+        if health.get("http"):
+            continue
+        for svc_name, svc in services.items():
+            if not isinstance(svc, dict) or name not in [d for _, d in _names(svc.get("depends_on"))]:
+                continue
+            svc_hosts = [h for _, h in _names(svc.get("hosts"))] if "hosts" in svc else list(hosts)
+            away = [h for h in svc_hosts if h not in ext_hosts]
+            if away:
+                c.add((*base, "health"), f"{svc_name} depends on {name} from {', '.join(away)}, where its unit "
+                      "is not: recon can only check it there through a health URL",
+                      expected="`health.http` (a URL those hosts can reach)", found="no health.http")
+
+
+def _check_health_json(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
+    """`health.expect_json` needs a `health.http` to read, and JSON values (no .inf or .nan; no NUL, which the
+    gate's matcher cannot take as an argument)."""
+    health = svc.get("health")
+    if not isinstance(health, dict) or not isinstance(health.get("expect_json"), dict):
+        return
+    if not health.get("http"):
+        c.add((*base, "health", "expect_json"), "`health.expect_json` needs `health.http`",
+              expected="a health URL whose JSON answer carries these fields", found="no health.http")
+    for key, value in health["expect_json"].items():
+        if isinstance(value, float) and not math.isfinite(value):
+            c.add((*base, "health", "expect_json", key), "not a JSON value", expected="a finite number",
+                  found=repr(value))
+        if "\0" in str(key) or (isinstance(value, str) and "\0" in value):
+            c.add((*base, "health", "expect_json", key), "a NUL character cannot be checked",
+                  expected="text without NUL", found=repr(value))
 
 
 def _sha256_file(path: Path) -> str:

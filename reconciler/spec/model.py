@@ -108,6 +108,8 @@ class Service:
     run: str = "running"                 # running: enabled and started; stopped: deployed, not started
     stop_timeout_s: float | None = None  # `stop.timeout_s` → TimeoutStopSec=
     entrypoint: str | None = None        # `artifact.entrypoint`: the artifact is an archive; ExecStart runs this
+    health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json`: top-level fields required
+    external_deps: tuple[str, ...] = ()  # the `external:` names in its depends_on (not in `depends_on`)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -127,6 +129,20 @@ class Service:
         return f"{self.config_dir}/{self.name}.toml"
 
 
+@dataclass(frozen=True)
+class External:
+    """Something recon does not deploy but services depend on (`external:`): recon reads its unit's state and
+    its health, and never starts, stops, modifies or deletes it."""
+
+    name: str
+    hosts: tuple[str, ...]
+    unit: str | None = None               # a systemd unit on those hosts (`.service` added when no suffix)
+    health_url: str | None = None
+    health_status: int = 200
+    health_expect_json: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+
+
 @dataclass
 class Spec:
     """The whole validated spec. `merged` keeps origins for explain and error messages."""
@@ -134,6 +150,7 @@ class Spec:
     hosts: dict[str, Host]
     services: dict[str, Service]
     merged: Merged
+    externals: dict[str, External] = field(default_factory=dict)
 
     @property
     def files(self) -> list[str]:
@@ -160,8 +177,10 @@ def with_builtin_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact_base: Path | None) -> Service:
-    """Build a Service from its merged mapping; assumes schema and semantic checks passed."""
+def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact_base: Path | None,
+                  externals: frozenset[str] = frozenset()) -> Service:
+    """Build a Service from its merged mapping; assumes schema and semantic checks passed. Names in
+    `depends_on` that are in `externals` go to `external_deps`."""
     s = with_builtin_defaults(raw)
     art = s.get("artifact") or {}
     path = art.get("path")
@@ -190,7 +209,7 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         hosts=tuple(s.get("hosts") or all_hosts),
         port=s.get("port"),
         args=tuple(str(a) for a in s["args"]),
-        depends_on=tuple(s["depends_on"]),
+        depends_on=tuple(x for x in s["depends_on"] if x not in externals),
         config=s["config"],
         env={k: _env_str(v) for k, v in s["env"].items()},
         secrets={k: Secret(k, v.get("from_env"), v.get("from_file")) for k, v in s["secrets"].items()},
@@ -221,6 +240,8 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         stop_timeout_s=parse_duration((s.get("stop") or {})["timeout_s"]) if "timeout_s" in (s.get("stop") or {})
         else None,
         entrypoint=art.get("entrypoint"),
+        health_expect_json=tuple((health.get("expect_json") or {}).items()),
+        external_deps=tuple(x for x in s["depends_on"] if x in externals),
         raw=raw,
     )
 
@@ -234,9 +255,26 @@ def _env_str(value: Any) -> str:
 def build_spec(merged: Merged) -> Spec:
     data = merged.data
     hosts = {name: _host(name, raw or {}) for name, raw in (data.get("hosts") or {}).items()}
+    externals = {name: build_external(name, raw or {}) for name, raw in (data.get("external") or {}).items()}
     services: dict[str, Service] = {}
     for name, raw in (data.get("services") or {}).items():
         origin = merged.origin_of(("services", name, "artifact", "path"))
         base = Path(origin.file).parent if origin else None
-        services[name] = build_service(name, raw, list(hosts), base)
-    return Spec(hosts=hosts, services=services, merged=merged)
+        services[name] = build_service(name, raw, list(hosts), base, frozenset(externals))
+    return Spec(hosts=hosts, services=services, merged=merged, externals=externals)
+
+
+def unit_of(unit: str) -> str:
+    """A unit name as systemd knows it: `surrealdb` is `surrealdb.service`."""
+    suffixes = (".service", ".socket", ".target", ".mount", ".timer", ".path", ".scope", ".slice", ".swap",
+                ".device", ".automount")
+    return unit if unit.endswith(suffixes) else unit + ".service"
+
+
+def build_external(name: str, raw: dict[str, Any]) -> External:
+    health = raw.get("health") or {}
+    return External(name=name, hosts=tuple(raw.get("hosts") or ()),
+                    unit=unit_of(raw["unit"]) if raw.get("unit") else None,
+                    health_url=health.get("http"), health_status=int(health.get("expect_status", 200)),
+                    health_expect_json=tuple((health.get("expect_json") or {}).items()),
+                    description=str(raw.get("description", "")))
