@@ -21,6 +21,7 @@ SHOW_PROPS = (
     "DropInPaths",
 )
 PROTOCOL = "recon-observe/2"
+HOST_FILES = ("/etc/logrotate.d/provisioning",)   # host-wide files recon may write (`logs:`), read every time
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class ObservedHost:
     accounts: dict[str, str] = field(default_factory=dict)   # name -> `getent passwd` line
     groups: dict[str, str] = field(default_factory=dict)     # name -> `getent group` line
     dirs: dict[str, str] = field(default_factory=dict)       # path -> "dir" | "other" (absent: missing)
+    host_files: dict[str, str] = field(default_factory=dict)  # host-wide files recon writes (HOST_FILES) -> text
     error: str | None = None
     commands: int = 0
 
@@ -182,6 +184,8 @@ def build_script(targets: Iterable[Target], salt: str) -> str:
     for t in targets:
         lines.append("obs " + " ".join(q(x) for x in (t.service, t.service_dir, t.config_path, t.unit_name,
                                                         t.env_path, t.want_version or "")))
+    for path in HOST_FILES:    # read with the one `cat` of all files
+        lines.append(f"readable - {q(path)} && rec host_file - {q(path)} && files=\"$files\"{q(path)}\"$NL\"")
     lines.append('for f in /etc/systemd/system/provisioning-*.service; do [ -e "$f" ] && rec unit_file - "${f##*/}"; '
                  "done")
     dirs = list(dict.fromkeys(p for t in targets for p in t.dirs))
@@ -277,6 +281,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         return blocks.get(key, b"").decode("utf-8", "replace")
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
+    host_files: list[str] = []
     dropins: dict[str, list[str]] = {}
     for line in text_of("meta").splitlines():
         key, _, rest = line.partition("\t")
@@ -292,6 +297,9 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue
         if key == "group":
             obs.groups[value.split(":", 1)[0]] = value
+            continue
+        if key == "host_file":
+            host_files.append(value)
             continue
         if key == "unreadable":
             raise ObserveError(f"cannot read {value} ({name}): observe as root, or let the SSH user read it")
@@ -330,6 +338,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         if t.unit_name in checks:
             code = health.get(t.unit_name, "000")
             svc.health = Health(int(code) if code.isdigit() and code != "000" else None)
+    obs.host_files = {p: contents[p] for p in host_files if p in contents}
     obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
     obs.users = set(obs.accounts)
     return obs

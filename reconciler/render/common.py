@@ -244,7 +244,7 @@ def by_wave(changes: Iterable[Change]) -> list[tuple[int, list[Change]]]:
 
 def wave_label(wave: int, changes: list[Change], max_names: int = 8) -> str:
     """`wave 1: orchestrator` (the services changing in that wave; a long list is cut)."""
-    names = list(dict.fromkeys(printable(c.service) for c in changes))
+    names = list(dict.fromkeys(printable(c.service or c.address) for c in changes))
     more = f", +{len(names) - max_names} more" if len(names) > max_names else ""
     shown = ", ".join(names[:max_names]) + more
     return f"wave {wave}: {shown}" if wave > 0 else f"no wave: {shown}"

@@ -70,6 +70,25 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LogPolicy:
+    """`logs: {dir, rotate: {period, keep, compress}}`: the service writes `{dir}/{service}.log`, rotated by
+    logrotate (defaults: daily, keep 30, compressed)."""
+
+    dir: str
+    period: str = "daily"
+    keep: int = 30
+    compress: bool = True
+
+
+def _log_policy(name: str, raw: Any) -> LogPolicy | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("dir"), str):
+        return None
+    rotate = raw.get("rotate") or {}
+    return LogPolicy(raw["dir"].replace("{service}", name).rstrip("/") or "/", str(rotate.get("period", "daily")),
+                     int(rotate.get("keep", 30)), bool(rotate.get("compress", True)))
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     version: str
@@ -107,6 +126,7 @@ class Service:
     metrics_url: str | None = None       # `metrics.http`; default http://127.0.0.1:{port}/metrics
     run: str = "running"                 # running: enabled and started; stopped: deployed, not started
     stop_timeout_s: float | None = None  # `stop.timeout_s` → TimeoutStopSec=
+    logs: LogPolicy | None = None        # `logs`: the log directory and its rotation
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -124,6 +144,10 @@ class Service:
     @property
     def config_path(self) -> str:
         return f"{self.config_dir}/{self.name}.toml"
+
+    @property
+    def log_file(self) -> str | None:
+        return f"{self.logs.dir}/{self.name}.log" if self.logs else None
 
 
 @dataclass
@@ -219,6 +243,7 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         run=s.get("run", "running"),
         stop_timeout_s=parse_duration((s.get("stop") or {})["timeout_s"]) if "timeout_s" in (s.get("stop") or {})
         else None,
+        logs=_log_policy(name, s.get("logs")),
         raw=raw,
     )
 
