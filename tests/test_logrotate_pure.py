@@ -53,7 +53,8 @@ def test_one_stanza_per_dir_and_policy_and_only_reloadable_services_are_reloaded
     svcs = {"orchestrator": _d("orchestrator"), "control-center": _d("control-center", reload={"signal": "HUP"}),
             "ai-service": _d("ai-service", logs={"dir": "/var/log/ai", "rotate": {"period": "weekly", "keep": 4,
                                                                                   "compress": False}}),
-            "web": desired_service(build_service("web", {"version": "1", "artifact": {"path": "/a", "sha256": "a" * 64}},
+            "web": desired_service(build_service("web", {"version": "1", "artifact": {"path": "/a",
+                                                                                          "sha256": "a" * 64}},
                                                  ["node1"], None), NODE1, None)}
     text = logrotate_text(svcs)
     assert text is not None and text.startswith("# Managed by recon")
