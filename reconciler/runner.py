@@ -538,6 +538,8 @@ def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
         with Session(pipeline.hosts_in_scope(run)) as session:
             while req.count is None or done < req.count:
                 t0 = time.monotonic()
+                if done:        # a host that was down (or whose connection broke) is connected again
+                    session.reconnect()
                 pipeline.observe(run, session)
                 status = status_of(run)
                 seconds = time.monotonic() - t0
