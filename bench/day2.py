@@ -37,9 +37,9 @@ os.environ.setdefault("TESTHOSTS_PREFIX", "rday2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_floor import REPO, TOKEN, hosts_layer, recon_argv, timed  # noqa: E402
+from plan_floor import REPO, TOKEN, hosts_layer, recon_argv, timed
 
-from testhosts import TestHosts  # noqa: E402
+from testhosts import TestHosts
 
 
 def watch_once(argv: list[str], env: dict[str, str]) -> tuple[float, list[float]]:
