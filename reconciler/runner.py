@@ -600,11 +600,8 @@ def run_operate(req: OperateRequest, confirm: Any, on_event: Any) -> OperateResu
 def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
     """The services' journals from every host at once; with `follow`, each entry goes to
     `on_entry(entry, several_hosts)` as it arrives, until interrupted."""
-    import gevent
-
     from reconciler import pipeline
     from reconciler.logs import journal_command, parse_line, priority_arg
-    from reconciler.transport import Session
 
     priority = priority_arg(req.priority) if req.priority else None
     run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
@@ -616,6 +613,10 @@ def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
     if run.early is not None:     # no --follow: one journalctl per host through OpenSSH, logged in early
         _logs_once(run, scope, names, req, priority, result)
         return result
+    import gevent  # --follow streams through pyinfra's session (gevent, paramiko): imported only here
+
+    from reconciler.transport import Session
+
     with Session(scope) as session:
         result.errors += [session.errors[h] for h in scope if h in session.errors]
 
