@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     up = pool.up(range(1, args.large + 2))
     small, large = up[-1:], up[:-1]
     env = {**os.environ, "VAULT_TOKEN": TOKEN, "NO_COLOR": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)   # as a user runs it: recon's modules load from their .pyc
     n = str(args.large)
     setups = {"1": hosts_layer(pool, small, "1"), n: hosts_layer(pool, large, n)}
     h = small[0]
