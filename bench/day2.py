@@ -122,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in times.items():
         print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s |")
     later = statistics.median(times["watch tick 2"] + times["watch tick 3"])
-    print("\n| ratio | measured | goal |")
-    print("| --- | ---: | --- |")
-    for label, value, goal in (
-            (f"watch tick 2–3 / plan {n}", later / med["plan " + n], "≤ 1"),
-            (f"watch tick 1 (with connecting) / plan {n}", med["watch tick 1"] / med["plan " + n], "≤ 1"),
-            ("watch tick 2–3 / tick 1", later / med["watch tick 1"], "< 1"),
-            ("logs 1 / ssh journalctl", med["logs 1"] / med["ssh journalctl"], "≤ 2×")):
-        print(f"| {label} | {value:.2f}× | {goal} |")
+    low = {k: min(v) for k, v in times.items()}
+    low_later = min(times["watch tick 2"] + times["watch tick 3"])
+    print("\n| ratio | of medians | of minimums | goal |")
+    print("| --- | ---: | ---: | --- |")
+    for label, value, best, goal in (
+            (f"watch tick 2–3 / plan {n}", later / med["plan " + n], low_later / low["plan " + n], "≤ 1"),
+            (f"watch tick 1 (with connecting) / plan {n}", med["watch tick 1"] / med["plan " + n],
+             low["watch tick 1"] / low["plan " + n], "≤ 1"),
+            ("watch tick 2–3 / tick 1", later / med["watch tick 1"], low_later / low["watch tick 1"], "< 1"),
+            ("logs 1 / ssh journalctl", med["logs 1"] / med["ssh journalctl"], low["logs 1"] / low["ssh journalctl"],
+             "≤ 2×")):
+        print(f"| {label} | {value:.2f}× | {best:.2f}× | {goal} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"runs": times, "median": med}, indent=2) + "\n")
     return 0
