@@ -23,7 +23,7 @@ from pyinfra.operations import files, systemd
 from reconciler import external, ownership
 from reconciler import hostscripts as hs
 from reconciler.archive import load_archive, pack
-from reconciler.desired import DesiredService, release_entries, sha256_text
+from reconciler.desired import DesiredService, logrotate_text, release_entries, sha256_text
 from reconciler.errors import ReconError
 from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
 from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
@@ -182,6 +182,40 @@ class Applier:
         return (min(sizes) if sizes else 1), (min(fails) if fails else 0)
 
     def apply_host(self, host: str, changes: list[Change]) -> bool:
+        files = [c for c in changes if not c.service]       # host-wide files: after the services' waves
+        ok = self.apply_services(host, [c for c in changes if c.service])
+        for c in files:
+            if host in self.lost:
+                self.outcome(c, Result.SKIPPED, f"{host} became unreachable")
+                self.emit(EventKind.SKIP, host, c.address, f"not written: {host} became unreachable", c.wave)
+                ok = False
+                continue
+            ok = self.write_host_file(host, c) and ok
+        return ok
+
+    def write_host_file(self, host: str, c: Change) -> bool:
+        """Write or remove the logrotate file of `logs:` (a change without a service), and record it."""
+        path = c.address.split(":", 1)[1]
+        desired = self.run.desired.get(host, {})
+        text = logrotate_text(desired) if c.action != Action.DELETE else None
+        if c.action != Action.DELETE and text is None:      # cannot happen: the plan came from this spec
+            self.outcome(c, Result.FAILED, "no service on the host has `logs:`")
+            return False
+        ok, out = (self.sh(host, hs.host_file_script(path), stdin=text) if text is not None
+                   else self.sh(host, hs.remove_file_script(path)))
+        if not ok:
+            detail = f"writing {path} failed: {out or 'no output'}" if text is not None else \
+                f"removing {path} failed: {out or 'no output'}"
+            self.emit(EventKind.FAIL, host, "", detail, c.wave)
+            self.outcome(c, Result.FAILED, detail)
+            return False
+        self.recorder.wrote_file(host, path, "logrotate", text,
+                                 [n for n, d in desired.items() if d.logs is not None])
+        self.emit(EventKind.OK, host, "", f"{path} {'removed' if text is None else 'written'}", c.wave)
+        self.outcome(c, _DONE[c.action])
+        return True
+
+    def apply_services(self, host: str, changes: list[Change]) -> bool:
         desired = self.run.desired.get(host, {})
         waves: dict[int, list[Change]] = {}
         for c in changes:

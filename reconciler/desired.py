@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconError
-from reconciler.spec.model import UNIT_PREFIX, Host, Service, Spec
+from reconciler.spec.model import UNIT_PREFIX, Host, LogPolicy, Service, Spec
 from reconciler.spec.template import expand, expand_tree
 from reconciler.spec.units import format_seconds
 
@@ -47,7 +47,7 @@ UNIT_KEYS: dict[str, str] = {
     "After": "depends_on",
     "Wants": "depends_on",
     "ExecReload": "reload.signal",
-    "ReadWritePaths": "data_dir",
+    "ReadWritePaths": "data_dir, logs.dir",
     "Description": "description",
 }
 
@@ -204,6 +204,8 @@ class DesiredService:
     entrypoint: str | None = None
     archive_sha256: str | None = None
     health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json` (reconciler.healthjson)
+    logs: LogPolicy | None = None   # the log directory and its rotation (`logs`)
+    log_file: str | None = None     # {logs.dir}/{service}.log, PROVISIONING_LOG_FILE in the unit
 
     @property
     def unit_sha(self) -> str:
@@ -230,6 +232,7 @@ def template_values(svc: Service, host: Host) -> dict[str, Any]:
         "install_dir": svc.install_dir,
         "release_dir": svc.release_dir,
         "data_dir": svc.data_dir,
+        "log_file": svc.log_file or "",
         "host": host.name,
         "address": host.address,
     }
@@ -266,6 +269,8 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
         lines.append(f"ExecReload=/bin/kill -{svc.reload_signal} $MAINPID")
     for key, value in sorted(svc.env.items()):
         lines.append("Environment=" + _env_quote(key, expand(value, values)))
+    if svc.log_file and LOG_FILE_ENV not in svc.env:
+        lines.append("Environment=" + _env_quote(LOG_FILE_ENV, svc.log_file))
     if svc.secrets:
         lines.append(f"EnvironmentFile={unit_text_value(env_path)}")
     lines.append(f"Restart={svc.restart_policy}")
@@ -291,7 +296,8 @@ def render_unit(svc: Service, values: Mapping[str, Any], binary_path: str, env_p
                           ("protect_system", "ProtectSystem"), ("protect_home", "ProtectHome")):
         if key in h:
             lines.append(f"{unit_key}={_bool(h[key])}")
-    lines.append("ReadWritePaths=" + _path_word(svc.data_dir, "-"))
+    lines.append("ReadWritePaths=" + _path_word(svc.data_dir, "-")
+                 + (" " + _path_word(svc.logs.dir, "-") if svc.logs else ""))
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
@@ -357,6 +363,8 @@ def desired_service(svc: Service, host: Host, secret_lookup: Callable[[str, Any]
         health_url=expand(svc.health_url, values) if svc.health_url else None,
         metrics_url=expand(svc.metrics_url, values) if svc.metrics_url else None,
         run=svc.run,
+        logs=svc.logs,
+        log_file=svc.log_file,
         health_timeout_s=svc.health_timeout_s,
         health_interval_s=svc.health_interval_s,
         health_status=svc.health_status,
@@ -403,6 +411,47 @@ def archive_digest(svc: Service) -> str:
         raise ReconError(f"services.{svc.name}.artifact: the archive {svc.artifact_url or svc.artifact_path} is "
                          f"refused: {exc}; nothing was changed") from None
     return tree_digest(entries)
+# ------------------------------------------------------------------------------------------ log rotation
+LOG_FILE_ENV = "PROVISIONING_LOG_FILE"       # where the service writes its log file (`logs.dir`)
+LOGROTATE_PATH = "/etc/logrotate.d/provisioning"
+LOGROTATE_HEADER = ("# Managed by recon, rendered from the spec's `logs:`. Edits made here are reported as drift "
+                    "and undone by `recon apply`.\n")
+
+
+def logrotate_text(svcs: Mapping[str, DesiredService]) -> str | None:
+    """The logrotate file of one host: one stanza per distinct (directory, period, keep, compress), listing
+    each service's `{dir}/{service}.log` by name (never a glob: only recon's files), rotated as the service
+    account (`su`), recreated with its owner, and a postrotate that reloads only the services of the stanza
+    that have a reload signal (`systemctl reload` fails for a unit without ExecReload=) and are running
+    (`try-reload-or-restart` of a reloadable unit reloads it, and does nothing to one that is stopped).
+    None when no service on the host has `logs`."""
+    stanzas: dict[tuple[str, str, int, bool, str, str], list[DesiredService]] = {}
+    for d in sorted(svcs.values(), key=lambda x: x.service):
+        if d.logs is None or d.log_file is None:
+            continue
+        p = d.logs
+        stanzas.setdefault((p.dir, p.period, p.keep, p.compress, d.user, d.group), []).append(d)
+    if not stanzas:
+        return None
+    out = [LOGROTATE_HEADER]
+    for (_dir, period, keep, compress, user, group), ds in sorted(stanzas.items()):
+        out.append("\n" + " ".join(_logrotate_word(d.log_file or "") for d in ds) + " {\n")
+        body = [period, f"rotate {keep}", "missingok", "notifempty", f"su {user} {group}",
+                f"create 0640 {user} {group}"]
+        if compress:
+            body += ["compress", "delaycompress"]
+        reload = [d.unit_name for d in ds if d.reload_signal]
+        if reload:
+            body += ["sharedscripts", "postrotate",
+                     f"    systemctl try-reload-or-restart {' '.join(reload)} >/dev/null 2>&1 || true", "endscript"]
+        out += [f"    {line}\n" for line in body]
+        out.append("}\n")
+    return "".join(out)
+
+
+def _logrotate_word(path: str) -> str:
+    """A path in a logrotate file: double-quoted when it holds anything but plain path characters."""
+    return path if _BARE.fullmatch(path) else '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _UNIT_EOL = re.compile(r"\r\n|[\n\r\0]")   # what ends a line for systemd's read_line (not U+2028 & co.)

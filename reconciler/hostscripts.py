@@ -7,6 +7,7 @@ of desired services; nothing here connects. The account, directory, prune and de
 from __future__ import annotations
 
 import base64
+import posixpath
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -273,3 +274,20 @@ def binary_sha_script(d: DesiredService, version: str) -> str:
 def env_hash_script(env_path: str, salt: str) -> str:
     """The salted fingerprint of the env file, as the observation computes it (no output: no file)."""
     return f"[ -f {q(env_path)} ] || exit 0; {{ printf '%s\\000' {q(salt)}; cat {q(env_path)}; }} | sha256sum"
+
+
+# ------------------------------------------------------------------------------------------ host-wide files
+def host_file_script(path: str) -> str:
+    """Write stdin to `path` (root-owned, 0644, as logrotate requires) through a temp file and a rename,
+    so logrotate never reads half a file. Its directory must exist: a missing /etc/logrotate.d means
+    logrotate is not installed, which is said, not papered over."""
+    q = shlex.quote
+    d = posixpath.dirname(path)
+    return (f"set -e; [ -d {q(d)} ] || {{ echo '{d} is missing: is logrotate installed on this host?' >&2; exit 3; }}\n"
+            f"t=$(mktemp {q(d)}/.recon.XXXXXX); trap 'rm -f \"$t\"' EXIT\n"
+            f'cat > "$t"; chmod 0644 "$t"; chown 0:0 "$t"; mv -f "$t" {q(path)}; trap - EXIT\n')
+
+
+def remove_file_script(path: str) -> str:
+    """Remove a host-wide file recon wrote (the plan checked it is recon's)."""
+    return f"rm -f -- {shlex.quote(path)}\n"

@@ -25,6 +25,7 @@ SHOW_PROPS = (
     "DropInPaths",
 )
 PROTOCOL = "recon-observe/2"
+HOST_FILES = ("/etc/logrotate.d/provisioning",)   # host-wide files recon may write (`logs:`), read every time
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class ObservedHost:
     accounts: dict[str, str] = field(default_factory=dict)   # name -> `getent passwd` line
     groups: dict[str, str] = field(default_factory=dict)     # name -> `getent group` line
     dirs: dict[str, str] = field(default_factory=dict)       # path -> "dir" | "other" (absent: missing)
+    host_files: dict[str, str] = field(default_factory=dict)  # host-wide files recon writes (HOST_FILES) -> text
     error: str | None = None
     commands: int = 0
     external: str = ""      # what `external.probe_script` printed (`external:` entries seen from this host)
@@ -200,6 +202,8 @@ def build_script(targets: Iterable[Target], salt: str, extra: str = "") -> str:
     if trees:   # archive releases: the tree digest of the current and the wanted release (a few processes each)
         lines += [TREESUM_FN, _TOBS]
         lines += ["tobs " + " ".join(q(x) for x in (t.service, t.service_dir, t.want_version or "")) for t in trees]
+    for path in HOST_FILES:    # read with the one `cat` of all files
+        lines.append(f"readable - {q(path)} && rec host_file - {q(path)} && files=\"$files\"{q(path)}\"$NL\"")
     lines.append('for f in /etc/systemd/system/provisioning-*.service; do [ -e "$f" ] && rec unit_file - "${f##*/}"; '
                  "done")
     dirs = list(dict.fromkeys(p for t in targets for p in t.dirs))
@@ -311,6 +315,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
 
     checks: list[str] = []          # units whose health was checked, in the order of the results
     jchecks: list[str] = []         # units whose health body was read (health.expect_json), in order
+    host_files: list[str] = []
     dropins: dict[str, list[str]] = {}
     trees: dict[str, dict[str, str]] = {}    # service → release → tree digest (archive releases)
     for line in text_of("meta").splitlines():
@@ -330,6 +335,9 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             continue
         if key == "group":
             obs.groups[value.split(":", 1)[0]] = value
+            continue
+        if key == "host_file":
+            host_files.append(value)
             continue
         if key == "unreadable":
             raise ObserveError(f"cannot read {value} ({name}): observe as root, or let the SSH user read it")
@@ -379,6 +387,7 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
         elif t.unit_name in bodies:
             svc.health = _checked_health(*bodies[t.unit_name], t.health_expect)
     obs.external = text_of("external")
+    obs.host_files = {p: contents[p] for p in host_files if p in contents}
     obs.accounts = {x.split(":", 1)[0]: x for x in text_of("users").splitlines() if x.strip()}
     obs.users = set(obs.accounts)
     return obs

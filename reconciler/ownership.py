@@ -152,6 +152,8 @@ def dirs_of(d: DesiredService) -> list[DirSpec]:
     add(d.service_dir + "/releases", "service")
     add(config_dir, "shared")
     add(d.data_dir, "data", d.user, d.group, "750")
+    if d.logs is not None:      # `logs.dir`: kept like data (never deleted), owned by the service account
+        add(d.logs.dir, "data", d.user, d.group, "750")
     return list(out.values())
 
 
@@ -170,18 +172,20 @@ class Owned:
     """Something recon created on a host that is not one service's alone: a shared or data directory,
     an account or a group, with the services that use it."""
 
-    kind: str                    # dir | user | group
+    kind: str                    # dir | user | group | file
     name: str                    # path, or account / group name
-    role: str = "shared"         # shared | data | account
+    role: str = "shared"         # shared | data | account | logrotate
     services: list[str] = field(default_factory=list)
+    sha256: str = ""             # a file: the sha256 of the text recon wrote (what differs is drift)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "role": self.role, "services": list(self.services)}
+        d = {"kind": self.kind, "name": self.name, "role": self.role, "services": list(self.services)}
+        return {**d, "sha256": self.sha256} if self.sha256 else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Owned:
         return cls(str(d.get("kind", "")), str(d.get("name", "")), str(d.get("role", "shared")),
-                   [str(s) for s in d.get("services") or []])
+                   [str(s) for s in d.get("services") or []], str(d.get("sha256") or ""))
 
 
 def find(owned: list[Owned], kind: str, name: str) -> Owned | None:

@@ -23,9 +23,18 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from reconciler.desired import MANAGED_HEADER, SECRET_MASK, UNIT_KEYS, DesiredService, parse_unit
+from reconciler.desired import (
+    LOGROTATE_PATH,
+    MANAGED_HEADER,
+    SECRET_MASK,
+    UNIT_KEYS,
+    DesiredService,
+    logrotate_text,
+    parse_unit,
+    sha256_text,
+)
 from reconciler.observe import ObservedHost, ObservedService
-from reconciler.ownership import Resource, plan_host, record_problem
+from reconciler.ownership import Owned, Resource, plan_host, record_problem
 from reconciler.state import RecordStatus, ServiceRecord, State
 from reconciler.waves import waves_of
 
@@ -72,6 +81,7 @@ class Part(StrEnum):
     SECRETS = "secrets"
     LIVE = "live"            # a limit systemd applies at run time (`systemctl set-property`)
     RUNTIME = "runtime"      # the unit's state, health, running version, enablement, last apply
+    HOST_FILE = "host-file"  # a host-wide file recon writes (the logrotate file of `logs:`); no service
 
 
 ACTIONS = tuple(a for a in Action if a != Action.NONE)
@@ -832,8 +842,14 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
                                        from_version=installed))
             if problem := record_problem(name, rec):
                 plan.refused.append(f"{host}/{name}: not deleting it: {problem} (was recon's state edited by hand?)")
+        if targets is None:
+            file_change, file_refused = plan_logrotate(host, svcs, obs, state.owned.get(host, []), len(plan.waves) + 1)
+            if file_change is not None and (not refresh_only or file_change.drift):
+                plan.changes.append(file_change)
+            plan.refused += file_refused
         if not refresh_only:
-            actions = {c.service: c.action for c in plan.changes if c.host == host and c.action != Action.DELETE}
+            actions = {c.service: c.action for c in plan.changes
+                       if c.host == host and c.action != Action.DELETE and c.service}
             if actions:
                 resources, refused = plan_host(host, svcs, actions, obs, state.owned.get(host, []), records)
                 plan.resources += resources
@@ -853,6 +869,51 @@ def make_plan(desired: Mapping[str, Mapping[str, DesiredService]], observed: Map
             plan.notes.append(f"{host}: in recon's state ({names}) but not in the spec; left alone")
     plan.changes.sort(key=lambda c: (c.wave, c.host, c.service))
     return plan
+
+
+# --------------------------------------------------------------------------------------------- host-wide files
+def plan_logrotate(host: str, svcs: Mapping[str, DesiredService], obs: ObservedHost, owned: list[Owned], wave: int
+                   ) -> tuple[Change | None, list[str]]:
+    """The logrotate file of `logs:` on one host, planned like every recon file: created when missing,
+    rewritten when it differs (drift when it is not the text recon recorded writing), deleted when no
+    service wants it any more, and only if recon wrote it. A file recon did not write is refused, never
+    overwritten. (change or None, refusals). The change has no service: `service` is empty."""
+    path = LOGROTATE_PATH
+    want = logrotate_text(svcs)
+    have = obs.host_files.get(path)
+    rec = next((o for o in owned if o.kind == "file" and o.name == path), None)
+    address = f"{host}:{path}"
+    users = sorted(d.service for d in svcs.values() if d.logs is not None)
+
+    def change(action: Action, reason: str, before: Any, after: Any, kind: Kind) -> Change:
+        return Change(address, host, "", action, reason, Effect.NONE, wave=wave, drift=kind == Kind.DRIFT,
+                      fields=[FieldChange("logrotate", before, after, kind, part=Part.HOST_FILE)])
+
+    if want is not None and have == want:
+        return None, []
+    edited = rec is not None and have is not None and sha256_text(have) != rec.sha256
+    if want is None:
+        if have is None or rec is None:
+            return None, []      # nothing there, or not recon's: left alone
+        return change(Action.DELETE, "no service on the host has `logs:` any more", _file_summary(have), None,
+                      Kind.DRIFT if edited else Kind.DESIRED), []
+    if have is None:
+        kind = Kind.DRIFT if rec is not None else Kind.DESIRED
+        return change(Action.CREATE, "logrotate file is not on the host" + (" (removed outside recon)" if rec else "")
+                      + f"; rotates the logs of {', '.join(users)}", None, _file_summary(want), kind), []
+    if rec is None:
+        return None, [f"{host}: {path} exists and recon did not write it: recon does not overwrite it (move it "
+                      "away, or drop `logs.rotate` from the spec)"]
+    kind = Kind.DRIFT if edited else Kind.DESIRED
+    why = "logrotate file was edited outside recon" if edited else "logs.rotate changed"
+    return change(Action.UPDATE, why, _file_summary(have), _file_summary(want), kind), []
+
+
+def _file_summary(text: str) -> str:
+    """A file in a plan: the stanza heads and their first directive (`/var/log/p/a.log {daily, rotate 30}`)."""
+    heads = [line.rstrip(" {").strip() for line in text.splitlines() if line.rstrip().endswith("{")]
+    return f"{len(text.splitlines())} lines, sha256 {sha256_text(text)[:12]}" + (
+        f": {'; '.join(heads)}" if heads else "")
 
 
 def _dropin_notes(host: str, d: DesiredService, o: ObservedService) -> list[str]:

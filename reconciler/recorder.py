@@ -113,6 +113,20 @@ class Recorder:
                 self.state.owned.pop(host, None)
             self.store.save(self.state)
 
+    def wrote_file(self, host: str, path: str, role: str, text: str | None, services: list[str]) -> None:
+        """A host-wide file recon wrote (`text`) or removed (None): recorded in `owned` with its sha256, so
+        a later edit by hand is drift and only a file recon wrote is ever removed."""
+        from reconciler.desired import sha256_text
+
+        with self.lock:
+            owned = self.state.owned.setdefault(host, [])
+            owned[:] = [o for o in owned if not (o.kind == "file" and o.name == path)]
+            if text is not None:
+                owned.append(ownership.Owned("file", path, role, sorted(services), sha256_text(text)))
+            if not owned:
+                self.state.owned.pop(host, None)
+            self.store.save(self.state)
+
     def mine(self, host: str, service: str) -> set[str]:
         """The directories recon recorded as its own, on the host and for the service."""
         owned = self.state.owned.setdefault(host, [])

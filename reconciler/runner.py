@@ -552,10 +552,13 @@ def run_watch(req: WatchRequest, on_tick: Any) -> WatchResult:
     run = pipeline.prepare(req.files, req.state, (), req.hosts, secrets=False)
     done = 0
     before: StatusResult | None = None
+    opened = time.monotonic()
     try:
         with Session(pipeline.hosts_in_scope(run)) as session:
             while req.count is None or done < req.count:
-                t0 = time.monotonic()
+                t0 = time.monotonic() if done else opened     # the first tick includes connecting
+                if done:        # a host that was down (or whose connection broke) is connected again
+                    session.reconnect()
                 pipeline.observe(run, session, externals=True)
                 status = status_of(run)
                 seconds = time.monotonic() - t0
@@ -615,18 +618,23 @@ def run_operate(req: OperateRequest, confirm: Any, on_event: Any) -> OperateResu
 def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
     """The services' journals from every host at once; with `follow`, each entry goes to
     `on_entry(entry, several_hosts)` as it arrives, until interrupted."""
-    import gevent
-
     from reconciler import pipeline
     from reconciler.logs import journal_command, parse_line, priority_arg
-    from reconciler.transport import Session
 
     priority = priority_arg(req.priority) if req.priority else None
-    run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False)
+    run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
+                           connect_early=not req.follow)
     names = list(req.services) or list(run.spec.services)
     scope = {h: host for h, host in pipeline.hosts_in_scope(run).items()
              if any(h in run.spec.services[n].hosts for n in names)}
     result = LogsResult([], list(scope))
+    if run.early is not None:     # no --follow: one journalctl per host through OpenSSH, logged in early
+        _logs_once(run, scope, names, req, priority, result)
+        return result
+    import gevent  # --follow streams through pyinfra's session (gevent, paramiko): imported only here
+
+    from reconciler.transport import Session
+
     with Session(scope) as session:
         result.errors += [session.errors[h] for h in scope if h in session.errors]
 
@@ -655,6 +663,31 @@ def run_logs(req: LogsRequest, on_entry: Any = None) -> LogsResult:
             gevent.killall(jobs)
     result.entries.sort(key=lambda e: e.time)
     return result
+
+
+def _logs_once(run: Any, scope: dict[str, Any], names: list[str], req: LogsRequest, priority: str | None,
+               result: LogsResult) -> None:
+    """`recon logs` without --follow: the journalctl of every host at once over the OpenSSH session that
+    `prepare(connect_early=True)` started (its login overlapped loading the spec), like `recon plan`."""
+    from reconciler.logs import journal_command, parse_line
+
+    early, run.early = run.early, None
+    units = {h: {run.desired[h][n].unit_name: n for n in names if n in run.desired[h]} for h in scope}
+    try:
+        answers = early.run_many({h: journal_command(list(units[h]), req.lines, req.since, priority, False)
+                                  for h in scope}, timeout=120)
+    finally:
+        early.close()
+    result.errors += [early.errors[h] for h in scope if h in early.errors]
+    for h, res in answers.items():
+        for text in res.stdout.splitlines():
+            entry = parse_line(h, text, units[h])
+            if entry is not None:
+                result.entries.append(entry)
+        if not res.ok:
+            bad = [t for t in res.stdout.splitlines() if not t.startswith("{")]
+            result.errors.append(f"{h}: journalctl failed: {'; '.join(bad) or res.stderr.strip() or 'no output'}")
+    result.entries.sort(key=lambda e: e.time)
 
 
 def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:

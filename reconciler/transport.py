@@ -109,6 +109,9 @@ class Session:
     errors: dict[str, str] = field(default_factory=dict)
     commands: dict[str, int] = field(default_factory=dict)
     mismatched: set[str] = field(default_factory=set)   # hosts whose key differs from known_hosts
+    lost: set[str] = field(default_factory=set)         # connected hosts whose last command found the link gone
+    _inventory: dict[str, Any] = field(default_factory=dict)   # every pyinfra host by spec name (reconnect)
+    _bad_key: set[str] = field(default_factory=set)     # hosts whose ssh_key file cannot be used: never retried
 
     def __enter__(self) -> Session:
         self.open()
@@ -147,8 +150,10 @@ class Session:
                     self.errors.setdefault(host.data.get("recon_name"), str(exc))
         finally:
             hub.NOT_ERROR = not_error
+        self._bad_key = by_key
         for host in inventory:
             name = host.data.get("recon_name")
+            self._inventory[name] = host
             if host.connected:
                 self.by_name[name] = host
                 self.commands[name] = 0
@@ -172,6 +177,54 @@ class Session:
     def connected(self) -> list[str]:
         return list(self.by_name)
 
+    @property
+    def down(self) -> list[str]:
+        """Hosts to connect again: those that could not connect (but not for an unusable key file) and those
+        whose connection a command found gone."""
+        return sorted((set(self.errors) - self._bad_key) | self.lost)
+
+    def reconnect(self, names: list[str] | None = None) -> list[str]:
+        """Connect again, all at once, the hosts that are down (`down`, or the given names): the old client is
+        closed first, host keys are checked as strictly as at `open`. A host that still cannot be reached
+        keeps its error (why, in `errors`); the names connected again are returned. (`recon watch` calls this
+        before each tick, so a host that comes back is read again and its recovery alert fires.)"""
+        todo = [n for n in (self.down if names is None else names) if n in self._inventory]
+        if not todo:
+            return []
+        forget_known_hosts_cache()
+        for n in todo:
+            host = self._inventory[n]
+            self.by_name.pop(n, None)
+            self.errors.pop(n, None)
+            self.mismatched.discard(n)
+            self.lost.discard(n)
+            if host.connected:
+                with contextlib.suppress(Exception):
+                    host.disconnect()
+            client = getattr(host.connector, "client", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            host.connected = False
+        hub = gevent.get_hub()
+        not_error = hub.NOT_ERROR
+        hub.NOT_ERROR = (*not_error, Exception)
+        try:
+            gevent.joinall([gevent.spawn(self._inventory[n].connect, show_errors=False) for n in todo])
+        finally:
+            hub.NOT_ERROR = not_error
+        back = []
+        for n in todo:
+            host = self._inventory[n]
+            if host.connected:
+                self.by_name[n] = host
+                self.commands.setdefault(n, 0)
+                back.append(n)
+            else:
+                msg = self.errors.get(n, "could not connect")
+                self.errors[n] = connect_error_message(self.hosts[n], msg, n in self.mismatched)
+        return back
+
     def run(self, name: str, command: str, timeout: int | None = None, stdin: str | None = None
             ) -> CommandResult:
         """Run one shell command on one host (counted; the plan tests count round trips). `stdin` (text,
@@ -186,6 +239,7 @@ class Session:
         try:
             ok, out = host.run_shell_command(StringCommand(command), **kwargs)
         except Exception as exc:
+            self.lost.add(name)
             return CommandResult(False, "", f"{type(exc).__name__}: {exc}", lost=True)
         return CommandResult(ok, out.stdout, out.stderr)
 
@@ -214,8 +268,10 @@ class Session:
                 on_line(line)
             code = chan.recv_exit_status()
         except Exception as exc:
+            self.lost.add(name)
             return CommandResult(False, "\n".join(lines), f"{type(exc).__name__}: {exc}", lost=True)
         if code == -1:   # no exit status: the connection went away before the command finished
+            self.lost.add(name)
             return CommandResult(False, "\n".join(lines), "SSHException: the connection closed before the command "
                                  "finished", lost=True)
         return CommandResult(code == 0, "\n".join(lines), "")

@@ -90,9 +90,10 @@ def test_versions_and_logs_on_two_hosts(make_testhosts: Any, tmp_path: Path, art
     up = {(s.labels["host"], s.labels["service"]) for s in fams["provisioning_up"].samples}
     assert up == {(f"node{i}", n) for i in (1, 2) for n in ("orchestrator", "control-center", "mcp-server")}
     assert all(s.value > 0 for s in fams["recon_systemd_memory_bytes"].samples)
-    if shutil.which("promtool"):
-        check = subprocess.run(["promtool", "check", "metrics"], input=prom, capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
+    promtool = shutil.which("promtool")       # scripts/setup.sh installs it (from Debian's prometheus package)
+    assert promtool, "promtool is not installed: run scripts/setup.sh"
+    check = subprocess.run([promtool, "check", "metrics"], input=prom, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
     # --follow: a line logged after the start arrives while recon keeps reading
     spec = m.write()

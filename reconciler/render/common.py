@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 from reconciler.plan import ACTIONS, Action, Change, Effect, FieldChange, Kind, Plan
+from reconciler.render.escape import printable
 
 MASK = "(sensitive)"
 VALUE_LIMIT = 80          # a value longer than this is summarised, never dumped whole
@@ -100,23 +100,6 @@ def field_mark(f: FieldChange) -> str:
     if after is None and before is not None:
         return "-"
     return "~"
-
-
-def printable(text: str, keep_newlines: bool = False) -> str:
-    """Escape control characters (ESC, CR, NUL, C1 …) so they show as `\\x1b` and do nothing."""
-    out: list[str] = []
-    for ch in text:
-        if ch == "\n" and keep_newlines:
-            out.append(ch)
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\n":
-            out.append("\\n")
-        elif unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def clip(text: str, limit: int = VALUE_LIMIT) -> str:
@@ -244,7 +227,7 @@ def by_wave(changes: Iterable[Change]) -> list[tuple[int, list[Change]]]:
 
 def wave_label(wave: int, changes: list[Change], max_names: int = 8) -> str:
     """`wave 1: orchestrator` (the services changing in that wave; a long list is cut)."""
-    names = list(dict.fromkeys(printable(c.service) for c in changes))
+    names = list(dict.fromkeys(printable(c.service or c.address) for c in changes))
     more = f", +{len(names) - max_names} more" if len(names) > max_names else ""
     shown = ", ".join(names[:max_names]) + more
     return f"wave {wave}: {shown}" if wave > 0 else f"no wave: {shown}"

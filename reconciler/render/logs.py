@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from reconciler.logs import LogEntry
-from reconciler.render.common import printable
+from reconciler.render.escape import printable
 
 _STYLE = {0: "bold red", 1: "bold red", 2: "bold red", 3: "red", 4: "yellow", 7: "dim"}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -158,6 +159,7 @@ def semantic_problems(merged: Merged, check_artifacts: bool = True) -> list[Prob
             _check_artifact(c, base, svc)
     _check_ownership(c, services)
     _check_externals(c, hosts, services, externals)
+    _check_logs(c, services)
     cycle = find_cycle(graph)
     if cycle:
         c.add(("services", cycle[0], "depends_on"), "dependency cycle: " + " → ".join(cycle),
@@ -226,6 +228,45 @@ def _check_ownership(c: _Checker, services: dict[str, Any]) -> None:
                           found=sd, per_service=True)
 
 
+def _check_logs(c: _Checker, services: dict[str, Any]) -> None:
+    """`logs.dir`: a directory recon may create (not /var/log itself), apart from the config and service
+    directories; services sharing one are run by the same account and group (logrotate's `su` and the
+    directory's owner are one account)."""
+    from reconciler.spec.model import BUILTIN_DEFAULTS
+
+    owners: dict[str, tuple[str, str, str]] = {}     # dir -> (service, user, group) of the first to use it
+    for name, svc in services.items():
+        if not isinstance(svc, dict) or not SERVICE_NAME.match(str(name)):
+            continue
+        logs = _dict(svc.get("logs"))
+        value = logs.get("dir")
+        if not isinstance(value, str):
+            continue       # the schema reports it
+        path = value.replace("{service}", name)
+        base: SpecPath = ("services", name, "logs", "dir")
+        problem = path_problem(path)
+        if problem:
+            c.add(base, f"logs.dir cannot be recon's: {problem}",
+                  expected="a directory of its own, e.g. /var/log/provisioning (not /var/log itself)", found=value,
+                  per_service="{service}" in value)
+            continue
+        install = svc.get("install_dir", BUILTIN_DEFAULTS["install_dir"])
+        for key, other in (("config_dir", svc.get("config_dir", BUILTIN_DEFAULTS["config_dir"])),
+                           ("service directory", f"{install}/{name}" if isinstance(install, str) else None)):
+            if isinstance(other, str) and overlaps(path, other):
+                c.add(base, f"logs.dir {path} overlaps the {key.replace('_', ' ')} {other}",
+                      expected="a log directory apart from the config and service directories", found=value,
+                      per_service=True)
+        user = str(svc.get("user", BUILTIN_DEFAULTS["user"]))
+        group = str(svc.get("group") or user)
+        first = owners.setdefault(path, (name, user, group))
+        if first[1:] != (user, group):
+            c.add(base, f"logs.dir {path} is shared with service {first[0]!r}, which runs as {first[1]}:{first[2]}, "
+                  f"but this one runs as {user}:{group}",
+                  expected="one account and group per log directory (it owns the directory and its files)",
+                  found=value, per_service=True)
+
+
 def _check_units(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> None:
     for (section, key), (parse, expected) in _UNIT_FIELDS.items():
         value = _dict(svc.get(section)).get(key)
@@ -276,6 +317,11 @@ def _check_placeholders(c: _Checker, base: SpecPath, svc: dict[str, Any]) -> Non
 
     for key in ("args", "env", "config"):
         walk(svc.get(key), (*base, key))
+        uses_log_file = "{log_file}" in json.dumps(svc.get(key), default=str)
+        if uses_log_file and not isinstance(_dict(svc.get("logs")).get("dir"), str):
+            c.add((*base, key), "{log_file} is used but the service has no `logs.dir`",
+                  expected="a `logs: {dir: ...}` in the service or in defaults", found="{log_file}",
+                  per_service=True)
     walk(_dict(svc.get("health")).get("http"), (*base, "health", "http"))
 
 

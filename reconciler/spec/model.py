@@ -70,6 +70,25 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LogPolicy:
+    """`logs: {dir, rotate: {period, keep, compress}}`: the service writes `{dir}/{service}.log`, rotated by
+    logrotate (defaults: daily, keep 30, compressed)."""
+
+    dir: str
+    period: str = "daily"
+    keep: int = 30
+    compress: bool = True
+
+
+def _log_policy(name: str, raw: Any) -> LogPolicy | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("dir"), str):
+        return None
+    rotate = raw.get("rotate") or {}
+    return LogPolicy(raw["dir"].replace("{service}", name).rstrip("/") or "/", str(rotate.get("period", "daily")),
+                     int(rotate.get("keep", 30)), bool(rotate.get("compress", True)))
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     version: str
@@ -110,6 +129,7 @@ class Service:
     entrypoint: str | None = None        # `artifact.entrypoint`: the artifact is an archive; ExecStart runs this
     health_expect_json: tuple[tuple[str, Any], ...] = ()   # `health.expect_json`: top-level fields required
     external_deps: tuple[str, ...] = ()  # the `external:` names in its depends_on (not in `depends_on`)
+    logs: LogPolicy | None = None        # `logs`: the log directory and its rotation
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -127,6 +147,10 @@ class Service:
     @property
     def config_path(self) -> str:
         return f"{self.config_dir}/{self.name}.toml"
+
+    @property
+    def log_file(self) -> str | None:
+        return f"{self.logs.dir}/{self.name}.log" if self.logs else None
 
 
 @dataclass(frozen=True)
@@ -242,6 +266,7 @@ def build_service(name: str, raw: dict[str, Any], all_hosts: list[str], artifact
         entrypoint=art.get("entrypoint"),
         health_expect_json=tuple((health.get("expect_json") or {}).items()),
         external_deps=tuple(x for x in s["depends_on"] if x in externals),
+        logs=_log_policy(name, s.get("logs")),
         raw=raw,
     )
 

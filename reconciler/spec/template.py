@@ -14,6 +14,7 @@ PLACEHOLDERS = {
     "install_dir": "the install directory",
     "release_dir": "{install_dir}/{service}/releases/{version}",
     "data_dir": "the service's data directory",
+    "log_file": "{logs.dir}/{service}.log (needs `logs.dir`)",
     "host": "the host's name in the spec",
     "address": "the host's address (127.0.0.1 for connector: local)",
 }
