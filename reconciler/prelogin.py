@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 COMMANDS = ("plan", "status", "drift")   # the commands that observe through `pipeline.prepare(connect_early=True)`
 FIELDS = ("address", "port", "user", "ssh_key", "known_hosts")
+KEEP = 256                                      # records kept in the cache directory
 CONNECT_TIMEOUT = 10                            # the logins started here use OpenSSHSession's default
 
 _key: str | None = None                         # the cache entry of this process's command line
@@ -171,6 +172,15 @@ def remember(hosts: Mapping[str, Host]) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(path)
+        _prune(cache)
+
+
+def _prune(cache: Path, keep: int = KEEP) -> None:
+    """Keep the `keep` most recently written records (a write happens only when a record is missing)."""
+    entries = sorted(cache.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def main() -> None:

@@ -56,6 +56,15 @@ def test_a_login_started_with_other_fields_is_ended_not_used() -> None:
     assert prelogin._started == {} and p.poll() is not None
 
 
+def test_the_records_are_kept_to_the_newest(tmp_path: Path) -> None:
+    for i in range(5):
+        p = tmp_path / f"{i}.json"
+        p.write_text("{}")
+        os.utime(p, (1000 + i, 1000 + i))
+    prelogin._prune(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.json", "3.json", "4.json"]
+
+
 PROBE = """
 import json, sys
 from reconciler import prelogin
