@@ -1,5 +1,5 @@
-"""`python -m reconciler` is `recon`."""
+"""`python -m reconciler` is `recon` (its recorded SSH logins start first: `reconciler.prelogin`)."""
 
-from reconciler.cli import main
+from reconciler.prelogin import main
 
 main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import secrets
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ SHOW_PROPS = (
     "NeedDaemonReload", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestamp", "FragmentPath",
     "DropInPaths",
 )
-PROTOCOL = "recon-observe/2"
+PROTOCOL = "recon-observe/3"
 HOST_FILES = ("/etc/logrotate.d/provisioning",)   # host-wide files recon may write (`logs:`), read every time
 
 
@@ -140,6 +141,7 @@ meta=; bins=; files=; pids=; urls=; jurls=; curl=
 command -v curl >/dev/null 2>&1 && curl=1
 rec() { meta="$meta$1	$2	$3$NL"; }
 block() { printf '%s\t-\t' "$1"; base64 -w0; printf '\n'; }
+part() { printf '\n%s %s\n' "$MARK" "$1"; }
 obs() {
   n=$1; d=$2; c=$3; u=$4; e=$5; v=$6; cur=
   if cd -P "$d/current" 2>/dev/null; then cur=${PWD##*/}; cd /
@@ -175,7 +177,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_script(targets: Iterable[Target], salt: str, extra: str = "") -> str:
+def build_script(targets: Iterable[Target], salt: str, extra: str = "", mark: str | None = None) -> str:
     """The one read-only command that observes every target service on a host.
 
     Few processes on the host, whatever the number of services: shell builtins gather names and
@@ -184,12 +186,14 @@ def build_script(targets: Iterable[Target], salt: str, extra: str = "") -> str:
     `getent` each cover all services. Health is checked only for active units, and only where curl
     is installed. Drop-ins of each unit (`/etc` and `/run/systemd/system/UNIT.d/*.conf`) are found
     with globs and read with the other files. Each block is one base64 line `key<TAB>-<TAB>payload`,
-    parsed by `parse_output`. `extra` (read-only shell, e.g. `external.probe_script`) runs last, its output
-    the `external` block (`ObservedHost.external`).
+    parsed by `parse_output`; the parts gathered at the end go out as one `pack` block (one `base64`),
+    cut apart at `mark` (random unless given: no file on the host can know it). `extra` (read-only shell,
+    e.g. `external.probe_script`) runs last, its output the `external` block (`ObservedHost.external`).
     """
     targets = list(targets)
     q = shlex.quote
-    lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"printf 'protocol\\t-\\t%s\\n' {_b64(PROTOCOL)}"]
+    mark = mark or secrets.token_hex(16)
+    lines = [_PRELUDE, f"RECON_SALT={q(salt)}", f"MARK={q(mark)}", f"printf 'protocol\\t-\\t%s\\n' {_b64(PROTOCOL)}"]
     urls = [f"  {q(t.unit_name)}) url={q(t.health_url)}{'; js=1' if t.health_expect else ''};;"
             for t in targets if t.health_url]
     if any(t.health_url and t.health_expect for t in targets):
@@ -236,30 +240,35 @@ _TOBS = r"""tobs() {
 }"""
 
 # The rest reads `systemctl show` from a pipe (a here-document would be a temp file under bash < 5.1).
+# Its parts go out as one `pack` block: raw, each after a line `MARK KEY` (MARK: a random line the
+# script starts the pack with), through one `base64` for them all (one process, not one per part).
 _TAIL = r"""printf '%s\n' "$show" | {
 id=; pid=; st=
 while IFS='=' read -r k val; do
   case $k in Id) id=$val;; MainPID) pid=$val;; ActiveState) st=$val;; '') unit;; esac
 done
 unit
-printf '%s' "$meta" | block meta
-[ -n "$show" ] && printf '%s' "$show" | block show
+{
+printf '%s\n' "$MARK"
+part meta; printf '%s' "$meta"
+[ -n "$show" ] && part show && printf '%s' "$show"
 IFS=$NL; set -f
-[ -n "$bins" ] && sha256sum $bins 2>/dev/null | block sums
-if [ -n "$files" ]; then stat -L -c '%s %n' $files 2>/dev/null | block sizes; cat $files 2>/dev/null | block files; fi
-[ -n "$pids" ] && grep -a -H '' $pids 2>/dev/null | block cmdline
+[ -n "$bins" ] && part sums && sha256sum $bins 2>/dev/null
+if [ -n "$files" ]; then part sizes; stat -L -c '%s %n' $files 2>/dev/null; part files; cat $files 2>/dev/null; fi
+[ -n "$pids" ] && part cmdline && grep -a -H '' $pids 2>/dev/null
 if [ -n "$urls" ]; then
   set --; for x in $urls; do set -- "$@" -o /dev/null "$x"; done
   out=$(curl -q -g -s --noproxy '*' -m 3 -Z -w '%{urlnum} %{http_code}\n' "$@" 2>/dev/null)
   case $out in [0-9]*) ;; *) out=$(curl -q -g -s --noproxy '*' -m 3 -w '= %{http_code}\n' "$@" 2>/dev/null);; esac
-  printf '%s' "$out" | block health
+  part health; printf '%s' "$out"
 fi
 if [ -n "$jurls" ]; then   # health.expect_json: one after another, each body followed by a marker line
   set --; for x in $jurls; do set -- "$@" "$x"; done
-  { printf '%s\n' "$RECON_HMARK"; curl -q -g -s --noproxy '*' -m 3 -w "\n$RECON_HMARK %{http_code}\n" "$@" 2>/dev/null
-  } | block health_json
+  part health_json; printf '%s\n' "$RECON_HMARK"
+  curl -q -g -s --noproxy '*' -m 3 -w "\n$RECON_HMARK %{http_code}\n" "$@" 2>/dev/null
 fi
-getent passwd @USERS@ | block users
+part users; getent passwd @USERS@
+} | block pack
 }"""
 
 
@@ -305,6 +314,8 @@ def parse_output(host: str, text: str, targets: Iterable[Target]) -> ObservedHos
             seen_protocol = True
         elif key == "end":
             seen_end = True
+        elif key == "pack":
+            blocks.update(_unpack(value))
         else:
             blocks[key] = value
     if not seen_protocol or not seen_end:
@@ -421,6 +432,18 @@ def _checked_health(code: str, body: str, expect: tuple[tuple[str, Any], ...]) -
         return Health(None)
     status = int(code)
     return Health(status, healthjson.mismatch(dict(expect), body) if 200 <= status < 300 else None)
+
+
+def _unpack(data: bytes) -> dict[str, bytes]:
+    """The `pack` block: a first line MARK, then each part as `\\nMARK KEY\\n` and its raw bytes."""
+    mark, sep, rest = data.partition(b"\n")
+    if not sep or not re.fullmatch(rb"[0-9a-f]{16,64}", mark):
+        raise ObserveError("the host's answer has a pack without its mark")
+    out: dict[str, bytes] = {}
+    for piece in rest.split(b"\n" + mark + b" ")[1:]:
+        key, _, content = piece.partition(b"\n")
+        out[key.decode("ascii", "replace")] = content
+    return out
 
 
 def _health_results(text: str, checks: list[str]) -> dict[str, str]:

@@ -24,7 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler import prelogin
 from reconciler.errors import connect_error_message
+from reconciler.prelogin import ssh_argv
 from reconciler.spec.checks import ssh_key_problem
 from reconciler.spec.model import Host
 
@@ -39,24 +41,6 @@ class CommandResult:
     stdout: str
     stderr: str
     lost: bool = False
-
-
-def ssh_argv(h: Host, connect_timeout: int = 10) -> list[str]:
-    """`ssh` with the spec's key and known_hosts only, strict host keys, never a prompt, never a shared
-    master connection (one made elsewhere with laxer options would skip the host-key check), never a
-    write to known_hosts. The remote command follows."""
-    known = os.path.expanduser(h.known_hosts or "~/.ssh/known_hosts")
-    if " " in known:   # ssh splits the option's value at spaces into several files, unless quoted
-        known = f'"{known}"'
-    argv = ["ssh", "-T", "-x", "-p", str(h.port),
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
-            "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", f"ConnectTimeout={connect_timeout}"]
-    if h.user:
-        argv += ["-l", h.user]
-    if h.ssh_key:
-        argv += ["-i", os.path.expanduser(h.ssh_key), "-o", "IdentitiesOnly=yes"]
-    return [*argv, "--", h.address]
 
 
 @dataclass
@@ -89,10 +73,12 @@ class OpenSSHSession:
             self._up[name] = h
             self.commands[name] = 0
             if early and not h.is_local:
+                started = prelogin.take(name, h, self.connect_timeout)
+                if started is not None:   # logging in since the process started (`reconciler.prelogin`)
+                    self._pending[name] = started
+                    continue
                 with contextlib.suppress(OSError):   # then the command starts its own ssh
-                    self._pending[name] = subprocess.Popen(
-                        [*ssh_argv(h, self.connect_timeout), "sh -s"], stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    self._pending[name] = prelogin.spawn(h, self.connect_timeout)
 
     def close(self) -> None:
         for p in self._pending.values():   # never given a command: end of input ends its remote shell
@@ -224,4 +210,6 @@ def connect_early(hosts: Mapping[str, Host]) -> OpenSSHSession | None:
     if not isinstance(session, OpenSSHSession):
         return None
     session.open(early=True)
+    prelogin.discard()          # logins started for hosts this run does not observe
+    prelogin.remember(hosts)    # the next run with this command line starts these at once
     return session

@@ -288,7 +288,8 @@ def run_plan(req: PlanRequest) -> PlanResult:
     from reconciler import pipeline
 
     run = pipeline.prepare(req.files, req.state, req.targets, req.hosts, connect_early=True)
-    pipeline.observe(run, warm=("reconciler.plan", "reconciler.render"))
+    # imported while the hosts answer; the text renderer (rich) too: it is the default format
+    pipeline.observe(run, warm=("reconciler.plan", "reconciler.render", "reconciler.render.text"))
     plan = pipeline.plan(run, refresh_only=req.refresh_only)
     if req.out:
         from reconciler.planfile import save_plan

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 from reconciler.external import ExternalHealth, needed_on, parse_probe, probe_script, refusal, shown_from
-from reconciler.observe import Target, build_script, parse_output
+from reconciler.observe import PROTOCOL, Target, build_script, parse_output
 from reconciler.render.status import render_status_json, render_status_text
 from reconciler.runner import StatusResult, StatusRow
 from reconciler.spec.model import External
@@ -90,7 +90,7 @@ def test_the_observation_carries_the_probe_in_its_round_trip() -> None:
     script = build_script([t], "salt", probe_script([DB], "n1"))
     assert "| block external" in script and "surrealdb.service" in script
     probed = b64("EXT\tsurrealdb\t-\t000\t-")
-    answer = "\n".join([f"protocol\t-\t{b64('recon-observe/2')}", f"external\t-\t{probed}", f"end\t-\t{b64('ok')}"])
+    answer = "\n".join([f"protocol\t-\t{b64(PROTOCOL)}", f"external\t-\t{probed}", f"end\t-\t{b64('ok')}"])
     obs = parse_output("n1", answer, [t])
     assert isinstance(parse_probe(obs.external, [DB], "n1")["surrealdb"], ExternalHealth)
     assert "block external" not in build_script([t], "salt")
