@@ -205,8 +205,10 @@ def explain(address: str, files: Sequence[str]) -> int:
     return 0
 
 
-state_option = click.option("--state", "state", metavar="DIR", envvar="RECON_STATE_DIR",
-                            help="State directory (default ./state, or RECON_STATE_DIR).")
+state_option = click.option("--state", "state", metavar="DIR|URL", envvar=["RECON_STATE", "RECON_STATE_DIR"],
+                            help="Where recon keeps state, history and locks: a directory (default ./state) or "
+                                 "postgresql://USER@HOST:PORT/DB (the password from PGPASSWORD or ~/.pgpass, never "
+                                 "printed). Env: RECON_STATE (a directory or a URL), RECON_STATE_DIR.")
 
 
 def emit_plan(plan: Any, fmt: str, color: bool) -> None:
@@ -714,6 +716,107 @@ def force_unlock(lock_id: str | None, state: str | None) -> int:
 
     holder = run_force_unlock(ForceUnlockRequest(lock_id, state))
     click.echo(f"Removed the lock held by {describe_holder(holder)}.")
+    return 0
+
+
+# ----------------------------------------------------------------------------- recon state (issue 11)
+@main.group("state")
+def state_group() -> None:
+    """Show, back up, restore and move recon's state (a directory or PostgreSQL).
+
+    \b
+    Examples:
+      recon state show --state postgresql://recon@db.internal:5432/recon
+      recon state pull > backup.json                 # a backup of the state (the history stays)
+      recon state push backup.json                   # restore it: same lineage, not older
+      recon state migrate --state ./state --to postgresql://recon@db.internal:5432/recon
+      recon state migrate --state postgresql://recon@db.internal:5432/recon --to ./state
+    The password comes from PGPASSWORD or ~/.pgpass (libpq's PG* variables all work); it is never printed.
+    """
+
+
+@state_group.command("show")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
+@state_option
+@reports_errors
+def state_show(fmt: str, state: str | None) -> int:
+    """The state: lineage, serial, per host and service the recorded release and status, and the locks.
+    Secrets are masked (the state holds only their salted fingerprint).
+
+    \b
+    Examples:
+      recon state show
+      recon state show --format json --state postgresql://recon@db.internal:5432/recon
+    """
+    from reconciler.render.state import render_state_json, render_state_text
+    from reconciler.runner import StateShowRequest, run_state_show
+
+    result = run_state_show(StateShowRequest(state))
+    click.echo(render_state_json(result) if fmt == "json" else render_state_text(result), nl=False)
+    return 0
+
+
+@state_group.command("pull")
+@state_option
+@reports_errors
+def state_pull(state: str | None) -> int:
+    """Print the state document (the format of a state directory's recon.state.json): a backup.
+
+    \b
+    Example:
+      recon state pull --state postgresql://recon@db.internal:5432/recon > backup.json
+    """
+    from reconciler.runner import StatePullRequest, run_state_pull
+
+    sys.stdout.buffer.write(run_state_pull(StatePullRequest(state)))
+    sys.stdout.flush()
+    return 0
+
+
+@state_group.command("push")
+@click.argument("file")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another run's lock.")
+@state_option
+@reports_errors
+def state_push(file: str, lock_timeout: float, state: str | None) -> int:
+    """Restore a state document (from `recon state pull`, or a state directory). Refused when it is another
+    lineage or older (a lower serial) than the stored state; takes the whole-state lock.
+
+    \b
+    Example:
+      recon state push backup.json --state postgresql://recon@db.internal:5432/recon
+    """
+    from reconciler.runner import StatePushRequest, run_state_push
+
+    r = run_state_push(StatePushRequest(file, state, lock_timeout))
+    click.echo(f"Pushed {file} to {r.location}: lineage {r.lineage}, serial {r.serial}." if r.written else
+               f"{r.location} already holds this state (serial {r.serial}): nothing written.")
+    return 0
+
+
+@state_group.command("migrate")
+@click.option("--to", "to", required=True, metavar="DIR|URL", help="The target: a directory or a PostgreSQL URL.")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another run's lock on the target.")
+@state_option
+@reports_errors
+def state_migrate(to: str, lock_timeout: float, state: str | None) -> int:
+    """Copy the state and its history from --state to --to (a directory or PostgreSQL, either way). Refused
+    when the target holds another lineage, or this one at a newer serial; history already there is not
+    copied twice. The source is left as it was.
+
+    \b
+    Examples:
+      recon state migrate --state ./state --to postgresql://recon@db.internal:5432/recon
+      recon state migrate --state postgresql://recon@db.internal:5432/recon --to ./state-backup
+    """
+    from reconciler.runner import StateMigrateRequest, run_state_migrate
+
+    r = run_state_migrate(StateMigrateRequest(to, state, lock_timeout))
+    click.echo(f"Migrated {r.source} → {r.target}: lineage {r.lineage}, serial {r.serial}, {r.hosts} host(s), "
+               f"{r.history_copied} of {r.history_total} history entries copied.")
     return 0
 
 

@@ -9,10 +9,11 @@ command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 if [ "${CI:-}" = true ] || [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends systemd-container openssh-server openssh-client curl strace \
+    apt-get install -y -qq --no-install-recommends systemd-container openssh-server openssh-client curl strace postgresql \
         python3-venv >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
