@@ -118,9 +118,9 @@ class PgStore:
         return mask_url(self.url)
 
     # --- connections ---------------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, name: str = "recon") -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="recon")
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name=name)
         except psycopg.Error as exc:
             raise StateUnavailable(f"cannot connect to the state database {self.location}: "
                                    f"{mask_url(str(exc).strip())}") from None
@@ -323,7 +323,7 @@ class PgStore:
         self.ensure_schema()
         me = {"id": str(uuid.uuid4()), "user": current_user(), "host": socket.gethostname(), "pid": os.getpid(),
               "time": now_iso(), "command": mask_url(command), "hosts": sorted(hosts) if hosts is not None else [ALL]}
-        conn = self._lock_conn = self._connect()
+        conn = self._lock_conn = self._connect("recon-lock")
         deadline = time.monotonic() + timeout
         try:
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
