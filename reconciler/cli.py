@@ -706,10 +706,14 @@ def force_unlock(lock_id: str | None, state: str | None) -> int:
 
     A lock whose holder crashed on this machine is taken over by the next apply anyway; this is for a
     holder on another machine. The error of a locked apply prints the holder and its lock id.
+    With PostgreSQL state, locks die with their holder's database session (a kill -9 frees them within
+    seconds); force-unlock ends the holder's lock session (pg_terminate_backend) and drops its rows, so a
+    holder still running stops before its next wave.
 
     \b
-    Example:
+    Examples:
       recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77
+      recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77 --state postgresql://recon@db.internal:5432/recon
     """
     from reconciler.runner import ForceUnlockRequest, run_force_unlock
     from reconciler.state import describe_holder

@@ -17,10 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
+from typing import TYPE_CHECKING, Any
 
 from reconciler.ownership import Owned
 from reconciler.state import (
@@ -36,6 +33,22 @@ from reconciler.state import (
     mask_url,
     now_iso,
 )
+
+if TYPE_CHECKING:
+    import psycopg
+
+psycopg: Any = None        # imported on first connection (`_need`): a plan reads through `pgread` without it
+Jsonb: Any = None
+
+
+def _need() -> None:
+    global psycopg, Jsonb
+    if psycopg is None:
+        import psycopg as module
+        from psycopg.types.json import Jsonb as jsonb
+
+        psycopg, Jsonb = module, jsonb
+
 
 SCHEMA_VERSION = 1
 ALL = "*"   # the lock key every per-host lock shares and a whole-state lock (migrate, push) takes alone
@@ -119,6 +132,7 @@ class PgStore:
 
     # --- connections ---------------------------------------------------------------------------
     def _connect(self, name: str = "recon") -> psycopg.Connection[Any]:
+        _need()
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name=name)
         except psycopg.Error as exc:
@@ -174,15 +188,39 @@ class PgStore:
         self._conn = self._lock_conn = None
 
     # --- state ---------------------------------------------------------------------------------
-    def load(self) -> State:
+    LOAD = ("SELECT s.lineage, s.serial, s.updated_at, h.host, h.serial, h.records, h.owned "
+            "FROM recon_state s LEFT JOIN recon_host_state h ON true ORDER BY h.host")
+
+    def _load_fast(self) -> list[Any] | None:
+        """The state's rows through libpq directly (`pgread`), while psycopg is not loaded; None: no tables."""
+        from reconciler import pgread
+
         try:
-            rows = self.conn.execute(
-                "SELECT s.lineage, s.serial, s.updated_at, h.host, h.serial, h.records, h.owned "
-                "FROM recon_state s LEFT JOIN recon_host_state h ON true ORDER BY h.host").fetchall()
-        except psycopg.errors.UndefinedTable:
-            return State(lineage="")       # nothing written yet: no tables until the first write
-        except psycopg.Error as exc:
-            raise self._lost(exc, "reading the state") from None
+            text = pgread.query(self.url, self.LOAD)
+        except pgread.ReadError as exc:
+            if exc.sqlstate == pgread.UNDEFINED_TABLE:
+                return None
+            what = "cannot connect to the state database" if not exc.connected else "cannot read the state from"
+            raise StateUnavailable(f"{what} {self.location}: {mask_url(str(exc))}") from None
+        return [(r[0], int(r[1] or 0), r[2], r[3], int(r[4]) if r[4] is not None else None,
+                 json.loads(r[5]) if r[5] is not None else None, json.loads(r[6]) if r[6] is not None else None)
+                for r in text]
+
+    def load(self) -> State:
+        from reconciler import pgread
+
+        if psycopg is None and self._conn is None and pgread.available():
+            fast = self._load_fast()
+            if fast is None:
+                return State(lineage="")   # nothing written yet: no tables until the first write
+            rows = fast
+        else:
+            try:
+                rows = self.conn.execute(self.LOAD).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return State(lineage="")       # nothing written yet: no tables until the first write
+            except psycopg.Error as exc:
+                raise self._lost(exc, "reading the state") from None
         self._seen = {}
         if not rows:
             return State(lineage="")

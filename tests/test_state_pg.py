@@ -259,3 +259,21 @@ def test_lock_keys_are_stable_and_distinct() -> None:
     assert lock_key("node1") == lock_key("node1") != lock_key("node2")
     assert -(2 ** 63) <= lock_key("node1") < 2 ** 63
     assert isinstance(open_store("state"), StateStore)
+
+
+def test_a_plan_reads_the_state_through_libpq_without_importing_psycopg(pg_url: str) -> None:
+    from reconciler import pgread
+
+    seeded(pg_url)
+    probe = ("import sys; from reconciler.pgstate import PgStore; st = PgStore(sys.argv[1]).load(); "
+             "sys.stdout.write(st.to_json().decode()); print('psycopg' in sys.modules, file=sys.stderr)")
+    res = subprocess.run([sys.executable, "-c", probe, pg_url], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.stderr.strip() == "False", res.stderr
+    assert res.stdout == PgStore(pg_url).load().to_json().decode()     # the same state as through psycopg
+    with pytest.raises(pgread.ReadError) as exc:
+        pgread.query(pg_url, "SELECT * FROM no_such_table")
+    assert exc.value.sqlstate == pgread.UNDEFINED_TABLE and exc.value.connected
+    with pytest.raises(pgread.ReadError) as exc:
+        pgread.query(pg_url.rsplit("/", 1)[0] + "/no_such_db", "SELECT 1")
+    assert not exc.value.connected and "no_such_db" in str(exc.value)
+    assert pgread.query(pg_url, "SELECT 1, NULL::text, 'x'") == [["1", None, "x"]]

@@ -46,7 +46,8 @@ def _wait(cond: Any, timeout: float = 60.0) -> bool:
 def _locked(url: str, host: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT EXISTS (SELECT 1 FROM recon_locks l JOIN pg_locks p ON p.pid = l.backend_pid "
-                            "AND p.locktype = 'advisory' AND p.granted WHERE l.host = %s)", (host,)).fetchone() == (True,)
+                            "AND p.locktype = 'advisory' AND p.granted WHERE l.host = %s)",
+                            (host,)).fetchone() == (True,)
 
 
 def test_apply_in_one_directory_plan_and_history_from_another_with_only_the_url(
