@@ -121,6 +121,7 @@ class PgStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._schema_ok = False
+        self._prefetch: tuple[Any, dict[str, Any]] | None = None
         self._seen: dict[str, tuple[int, tuple[dict[str, Any], list[Any]]]] = {}   # host → (serial, doc) read
 
     def __repr__(self) -> str:
@@ -206,10 +207,38 @@ class PgStore:
                  json.loads(r[5]) if r[5] is not None else None, json.loads(r[6]) if r[6] is not None else None)
                 for r in text]
 
+    def prefetch(self) -> None:
+        """Start reading the state in a thread (libpq waits on the server without the GIL), while the caller
+        loads the spec: `load` takes the result. Only on the psycopg-less read path."""
+        from reconciler import pgread
+
+        if psycopg is None and self._conn is None and self._prefetch is None and pgread.available():
+            import threading
+
+            box: dict[str, Any] = {}
+
+            def read() -> None:
+                try:
+                    box["rows"] = self._load_fast()
+                except BaseException as exc:   # re-raised by load, in the caller's thread
+                    box["error"] = exc
+
+            thread = threading.Thread(target=read, name="recon-state-read", daemon=True)
+            thread.start()
+            self._prefetch = (thread, box)
+
     def load(self) -> State:
         from reconciler import pgread
 
-        if psycopg is None and self._conn is None and pgread.available():
+        if self._prefetch is not None:
+            (thread, box), self._prefetch = self._prefetch, None
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            if box["rows"] is None:
+                return State(lineage="")
+            rows = box["rows"]
+        elif psycopg is None and self._conn is None and pgread.available():
             fast = self._load_fast()
             if fast is None:
                 return State(lineage="")   # nothing written yet: no tables until the first write

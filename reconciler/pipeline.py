@@ -121,6 +121,9 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
 
     Names given on the command line (`services`, `--target`, `--host`) are checked before anything
     else is read (secrets included), with the closest names suggested."""
+    store = store or open_store(state_option)     # apply passes the store that holds its lock
+    if hasattr(store, "prefetch"):
+        store.prefetch()                          # PostgreSQL: the state is read while the spec loads
     spec = load_spec(files)
     for name in services:
         if name not in spec.services:
@@ -141,7 +144,6 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     try:
         from reconciler.desired import desired_state
 
-        store = store or open_store(state_option)     # apply passes the store that holds its lock
         state = store.load()
         salt = state.lineage or lineage or str(uuid.uuid4())
         state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with
