@@ -758,7 +758,7 @@ def state_show(fmt: str, state: str | None) -> int:
 
     result = run_state_show(StateShowRequest(state))
     click.echo(render_state_json(result) if fmt == "json" else render_state_text(result), nl=False)
-    return 0
+    return exit_code(result)
 
 
 @state_group.command("pull")
@@ -792,12 +792,12 @@ def state_push(file: str, lock_timeout: float, state: str | None) -> int:
     Example:
       recon state push backup.json --state postgresql://recon@db.internal:5432/recon
     """
+    from reconciler.render.state import render_push
     from reconciler.runner import StatePushRequest, run_state_push
 
-    r = run_state_push(StatePushRequest(file, state, lock_timeout))
-    click.echo(f"Pushed {file} to {r.location}: lineage {r.lineage}, serial {r.serial}." if r.written else
-               f"{r.location} already holds this state (serial {r.serial}): nothing written.")
-    return 0
+    result = run_state_push(StatePushRequest(file, state, lock_timeout))
+    click.echo(render_push(result, file), nl=False)
+    return exit_code(result)
 
 
 @state_group.command("migrate")
@@ -816,12 +816,12 @@ def state_migrate(to: str, lock_timeout: float, state: str | None) -> int:
       recon state migrate --state ./state --to postgresql://recon@db.internal:5432/recon
       recon state migrate --state postgresql://recon@db.internal:5432/recon --to ./state-backup
     """
+    from reconciler.render.state import render_migrate
     from reconciler.runner import StateMigrateRequest, run_state_migrate
 
-    r = run_state_migrate(StateMigrateRequest(to, state, lock_timeout))
-    click.echo(f"Migrated {r.source} → {r.target}: lineage {r.lineage}, serial {r.serial}, {r.hosts} host(s), "
-               f"{r.history_copied} of {r.history_total} history entries copied.")
-    return 0
+    result = run_state_migrate(StateMigrateRequest(to, state, lock_timeout))
+    click.echo(render_migrate(result), nl=False)
+    return exit_code(result)
 
 
 @main.command()

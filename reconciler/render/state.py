@@ -48,3 +48,14 @@ def render_state_text(result: Any) -> str:
     else:
         lines.append("Locks: none")
     return "\n".join(lines) + "\n"
+
+
+def render_push(result: Any, file: str) -> str:
+    if not result.written:
+        return f"{result.location} already holds this state (serial {result.serial}): nothing written.\n"
+    return f"Pushed {file} to {result.location}: lineage {result.lineage}, serial {result.serial}.\n"
+
+
+def render_migrate(result: Any) -> str:
+    return (f"Migrated {result.source} → {result.target}: lineage {result.lineage}, serial {result.serial}, "
+            f"{result.hosts} host(s), {result.history_copied} of {result.history_total} history entries copied.\n")
