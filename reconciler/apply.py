@@ -169,6 +169,9 @@ class Applier:
                     for c in by_host[h]:
                         self.outcome(c, Result.SKIPPED, "rollout stopped")
                 break
+        if self.recorder.lost:
+            self.result.stopped = f"the state's store was lost: {self.recorder.lost}"
+            self.emit(EventKind.FAIL, message=f"apply stopped: {self.result.stopped}")
         return self.result
 
     def _rollout(self, n_hosts: int) -> tuple[int, int]:
@@ -223,8 +226,12 @@ class Applier:
         ok = True
         for wave in sorted(waves):
             batch = waves[wave]
+            if ok and not self.recorder.alive():
+                ok = False                 # the state's store went away: no new wave starts (issue 11)
             if not ok:
                 why = f"{host} became unreachable" if host in self.lost else "an earlier wave failed on this host"
+                if self.recorder.lost:
+                    why = "the state's store was lost"
                 for c in batch:
                     self.outcome(c, Result.SKIPPED, why)
                     self.emit(EventKind.SKIP, host, c.service, f"not started: {why}", wave)

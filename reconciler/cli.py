@@ -205,8 +205,10 @@ def explain(address: str, files: Sequence[str]) -> int:
     return 0
 
 
-state_option = click.option("--state", "state", metavar="DIR", envvar="RECON_STATE_DIR",
-                            help="State directory (default ./state, or RECON_STATE_DIR).")
+state_option = click.option("--state", "state", metavar="DIR|URL", envvar=["RECON_STATE", "RECON_STATE_DIR"],
+                            help="Where recon keeps state, history and locks: a directory (default ./state) or "
+                                 "postgresql://USER@HOST:PORT/DB (the password from PGPASSWORD or ~/.pgpass, never "
+                                 "printed). Env: RECON_STATE (a directory or a URL), RECON_STATE_DIR.")
 
 
 def emit_plan(plan: Any, fmt: str, color: bool) -> None:
@@ -704,10 +706,14 @@ def force_unlock(lock_id: str | None, state: str | None) -> int:
 
     A lock whose holder crashed on this machine is taken over by the next apply anyway; this is for a
     holder on another machine. The error of a locked apply prints the holder and its lock id.
+    With PostgreSQL state, locks die with their holder's database session (a kill -9 frees them within
+    seconds); force-unlock ends the holder's lock session (pg_terminate_backend) and drops its rows, so a
+    holder still running stops before its next wave.
 
     \b
-    Example:
+    Examples:
       recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77
+      recon force-unlock 0b7f6c1e-4a51-4c1f-9d0e-2f1f5a3c9e77 --state postgresql://recon@db.internal:5432/recon
     """
     from reconciler.runner import ForceUnlockRequest, run_force_unlock
     from reconciler.state import describe_holder
@@ -715,6 +721,107 @@ def force_unlock(lock_id: str | None, state: str | None) -> int:
     holder = run_force_unlock(ForceUnlockRequest(lock_id, state))
     click.echo(f"Removed the lock held by {describe_holder(holder)}.")
     return 0
+
+
+# ----------------------------------------------------------------------------- recon state (issue 11)
+@main.group("state")
+def state_group() -> None:
+    """Show, back up, restore and move recon's state (a directory or PostgreSQL).
+
+    \b
+    Examples:
+      recon state show --state postgresql://recon@db.internal:5432/recon
+      recon state pull > backup.json                 # a backup of the state (the history stays)
+      recon state push backup.json                   # restore it: same lineage, not older
+      recon state migrate --state ./state --to postgresql://recon@db.internal:5432/recon
+      recon state migrate --state postgresql://recon@db.internal:5432/recon --to ./state
+    The password comes from PGPASSWORD or ~/.pgpass (libpq's PG* variables all work); it is never printed.
+    """
+
+
+@state_group.command("show")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for machines.")
+@state_option
+@reports_errors
+def state_show(fmt: str, state: str | None) -> int:
+    """The state: lineage, serial, per host and service the recorded release and status, and the locks.
+    Secrets are masked (the state holds only their salted fingerprint).
+
+    \b
+    Examples:
+      recon state show
+      recon state show --format json --state postgresql://recon@db.internal:5432/recon
+    """
+    from reconciler.render.state import render_state_json, render_state_text
+    from reconciler.runner import StateShowRequest, run_state_show
+
+    result = run_state_show(StateShowRequest(state))
+    click.echo(render_state_json(result) if fmt == "json" else render_state_text(result), nl=False)
+    return exit_code(result)
+
+
+@state_group.command("pull")
+@state_option
+@reports_errors
+def state_pull(state: str | None) -> int:
+    """Print the state document (the format of a state directory's recon.state.json): a backup.
+
+    \b
+    Example:
+      recon state pull --state postgresql://recon@db.internal:5432/recon > backup.json
+    """
+    from reconciler.runner import StatePullRequest, run_state_pull
+
+    sys.stdout.buffer.write(run_state_pull(StatePullRequest(state)))
+    sys.stdout.flush()
+    return 0
+
+
+@state_group.command("push")
+@click.argument("file")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another run's lock.")
+@state_option
+@reports_errors
+def state_push(file: str, lock_timeout: float, state: str | None) -> int:
+    """Restore a state document (from `recon state pull`, or a state directory). Refused when it is another
+    lineage or older (a lower serial) than the stored state; takes the whole-state lock.
+
+    \b
+    Example:
+      recon state push backup.json --state postgresql://recon@db.internal:5432/recon
+    """
+    from reconciler.render.state import render_push
+    from reconciler.runner import StatePushRequest, run_state_push
+
+    result = run_state_push(StatePushRequest(file, state, lock_timeout))
+    click.echo(render_push(result, file), nl=False)
+    return exit_code(result)
+
+
+@state_group.command("migrate")
+@click.option("--to", "to", required=True, metavar="DIR|URL", help="The target: a directory or a PostgreSQL URL.")
+@click.option("--lock-timeout", default=0.0, metavar="SECONDS", show_default=True,
+              help="Wait this long for another run's lock on the target.")
+@state_option
+@reports_errors
+def state_migrate(to: str, lock_timeout: float, state: str | None) -> int:
+    """Copy the state and its history from --state to --to (a directory or PostgreSQL, either way). Refused
+    when the target holds another lineage, or this one at a newer serial; history already there is not
+    copied twice. The source is left as it was.
+
+    \b
+    Examples:
+      recon state migrate --state ./state --to postgresql://recon@db.internal:5432/recon
+      recon state migrate --state postgresql://recon@db.internal:5432/recon --to ./state-backup
+    """
+    from reconciler.render.state import render_migrate
+    from reconciler.runner import StateMigrateRequest, run_state_migrate
+
+    result = run_state_migrate(StateMigrateRequest(to, state, lock_timeout))
+    click.echo(render_migrate(result), nl=False)
+    return exit_code(result)
 
 
 @main.command()

@@ -18,7 +18,8 @@ from reconciler.errors import ReconError, SpecError, unknown_name
 from reconciler.spec import Spec, load_spec
 from reconciler.spec.checks import ssh_key_problems
 from reconciler.spec.model import Host, Secret
-from reconciler.state import State, StateStore
+from reconciler.state import State, StateBackend
+from reconciler.state import open_store as _open_store
 
 if TYPE_CHECKING:   # desired, observe and plan are imported when used: after an early connect has started
     from reconciler.desired import DesiredService
@@ -30,6 +31,15 @@ DEFAULT_STATE_DIR = "state"
 
 def state_dir(option: str | None) -> Path:
     return Path(option or os.environ.get("RECON_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def state_location(option: str | None) -> str:
+    """`--state`, else RECON_STATE, else RECON_STATE_DIR, else ./state: a directory or a PostgreSQL URL."""
+    return option or os.environ.get("RECON_STATE") or os.environ.get("RECON_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+def open_store(option: str | None) -> StateBackend:
+    return _open_store(state_location(option))
 
 
 def secret_lookup(name: str, secret: Secret) -> str:
@@ -92,7 +102,7 @@ class Run:
     """Everything a plan was made from; apply continues from it."""
 
     spec: Spec
-    store: StateStore
+    store: StateBackend
     state: State
     salt: str
     desired: dict[str, dict[str, DesiredService]]
@@ -105,13 +115,16 @@ class Run:
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
             hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = (),
-            secrets: bool = True, connect_early: bool = False) -> Run:
+            secrets: bool = True, connect_early: bool = False, store: StateBackend | None = None) -> Run:
     """Load and check the spec, render desired state, read recon's state. No host is contacted, and
     nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
     in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply.
 
     Names given on the command line (`services`, `--target`, `--host`) are checked before anything
     else is read (secrets included), with the closest names suggested."""
+    store = store or open_store(state_option)     # apply passes the store that holds its lock
+    if hasattr(store, "prefetch"):
+        store.prefetch()                          # PostgreSQL: the state is read while the spec loads
     spec = load_spec(files)
     for name in services:
         if name not in spec.services:
@@ -132,7 +145,6 @@ def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[st
     try:
         from reconciler.desired import archive_digest, desired_state
 
-        store = StateStore(state_dir(state_option))
         state = store.load()
         salt = state.lineage or lineage or str(uuid.uuid4())
         state.lineage = salt          # the first apply keeps the lineage its fingerprints were salted with

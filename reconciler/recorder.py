@@ -11,7 +11,16 @@ from gevent.lock import RLock
 
 from reconciler import ownership
 from reconciler.desired import DesiredService
-from reconciler.state import RecordStatus, ServiceRecord, State, StateStore, current_user, now_iso
+from reconciler.state import (
+    RecordStatus,
+    ServiceRecord,
+    State,
+    StateBackend,
+    StateError,
+    StateStore,
+    current_user,
+    now_iso,
+)
 
 if TYPE_CHECKING:
     from reconciler.pipeline import Run
@@ -60,8 +69,9 @@ class Recorder:
     """Writes one run's records into its state and history. Every write takes `lock` (hosts apply in
     parallel greenlets) and saves the state."""
 
-    def __init__(self, store: StateStore, state: State, salt: str, command: str = "apply") -> None:
+    def __init__(self, store: StateBackend, state: State, salt: str, command: str = "apply") -> None:
         self.store = store
+        self.lost: str | None = None       # why the state's store went away mid-run (then writes go to a fallback)
         self.state = state
         self.salt = salt
         self.command = command
@@ -83,7 +93,7 @@ class Recorder:
             else:
                 rec.created_dirs = sorted(set(old.created_dirs or [] if old else []) | new)
             self._put(d.host, d.service, rec)
-            self.store.save(self.state)
+            self._save()
 
     def _put(self, host: str, service: str, rec: ServiceRecord) -> None:
         self.state.hosts.setdefault(host, {})[service] = rec
@@ -98,7 +108,7 @@ class Recorder:
             for k, v in changes.items():
                 setattr(rec, k, v)
             rec.applied_at = now_iso()
-            self.store.save(self.state)
+            self._save()
 
     def forget(self, host: str, service: str, removed: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """A deleted service: its record goes, and the directories the delete removed leave `owned`."""
@@ -111,7 +121,7 @@ class Recorder:
             owned[:] = [o for o in owned if not (o.kind == "dir" and o.name in removed)]
             if not owned:
                 self.state.owned.pop(host, None)
-            self.store.save(self.state)
+            self._save()
 
     def wrote_file(self, host: str, path: str, role: str, text: str | None, services: list[str]) -> None:
         """A host-wide file recon wrote (`text`) or removed (None): recorded in `owned` with its sha256, so
@@ -157,7 +167,7 @@ class Recorder:
             if not owned:
                 self.state.owned.pop(host, None)
             if made or owned:
-                self.store.save(self.state)
+                self._save()
 
     def history(self, c: Change, result: str, detail: str = "") -> None:
         self.history_entry(c.host, c.service, c.action, c.from_version, c.to_version, result, detail)
@@ -167,7 +177,7 @@ class Recorder:
         """One line of the history: who ran which command, on what, with what result."""
         import socket
 
-        self.store.append_history({
+        self._append({
             "time": now_iso(), "user": current_user(), "machine": socket.gethostname(),
             "command": self.command, "serial": self.state.serial, "host": host, "service": service,
             "action": action, "from": from_version, "to": to_version, "result": result, "detail": detail,
@@ -181,7 +191,7 @@ class Recorder:
                 return
             for k, v in changes.items():
                 setattr(rec, k, v)
-            self.store.save(self.state)
+            self._save()
 
     def settle(self, run: Run, plan: Plan) -> None:
         """Services that need no change are recorded as applied: a crash after the host converged but
@@ -208,4 +218,46 @@ class Recorder:
                     self._put(host, name, new)
                     dirty = True
             if dirty:
+                self._save()
+
+    # --- when the state's store goes away (issue 11) ----------------------------------------------
+    def _save(self) -> None:
+        """Save the state; if the store refuses or is gone (a database connection lost), keep every record
+        from now on in a local fallback state directory and say so (`lost`): the run starts no new step."""
+        try:
+            self.store.save(self.state)
+        except StateError as exc:
+            self._fall_back(exc)
+            self.store.save(self.state)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        try:
+            self.store.append_history(entry)
+        except StateError as exc:
+            self._fall_back(exc)
+            self.store.append_history(entry)
+
+    def _fall_back(self, exc: StateError) -> None:
+        import os
+        import time
+
+        if isinstance(self.store, StateStore) and self.lost:
+            raise exc                      # the fallback directory itself failed: nothing left to try
+        where = os.path.abspath(f"recon-fallback-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        self.lost = (f"{exc}. This run's records are in the directory state {where}; keep them with "
+                     f"`recon state migrate --state {where} --to {self.store.location}`, or run `recon apply` "
+                     "again: it reads the hosts and records what it finds")
+        self.store = StateStore(where)
+
+    def alive(self) -> bool:
+        """False once the state's store is gone (checked before each wave, so no new wave starts)."""
+        if self.lost:
+            return False
+        try:
+            self.store.check()
+        except StateError as exc:
+            with self.lock:
+                self._fall_back(exc)
                 self.store.save(self.state)
+            return False
+        return True

@@ -303,7 +303,6 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
     from reconciler import pipeline
     from reconciler.apply import Applier
     from reconciler.planfile import load_plan, stale_reasons
-    from reconciler.state import StateStore
     from reconciler.transport import Session
 
     saved: Plan | None = None
@@ -311,10 +310,11 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
     if req.planfile:
         saved = load_plan(req.planfile)
         files = tuple(saved.spec_files)
-    store = StateStore(pipeline.state_dir(req.state))
-    with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout):
+    store = pipeline.open_store(req.state)
+    with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout,
+                    hosts=lock_scope(store, files, req.hosts)):
         run = pipeline.prepare(files, req.state, req.targets, req.hosts,
-                               lineage=saved.fingerprints.get("lineage") if saved is not None else None)
+                               lineage=saved.fingerprints.get("lineage") if saved is not None else None, store=store)
         with Session(pipeline.hosts_in_scope(run)) as session:
             pipeline.observe(run, session)
             plan = pipeline.plan(run)
@@ -356,14 +356,14 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
     from reconciler import pipeline
     from reconciler.apply import Applier
     from reconciler.plan import Action, Change, Effect, FieldChange, Part, Plan
-    from reconciler.state import StateStore
     from reconciler.transport import Session
 
-    store = StateStore(pipeline.state_dir(req.state))
+    store = pipeline.open_store(req.state)
     service = req.service
     result = RollbackResult(target=req.to_version)
-    with store.lock(f"recon rollback {service}", timeout=req.lock_timeout):
-        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=(service,))
+    with store.lock(f"recon rollback {service}", timeout=req.lock_timeout,
+                    hosts=lock_scope(store, req.files, req.hosts, service)):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=(service,), store=store)
         on = [h for h in run.spec.services[service].hosts if not req.hosts or h in req.hosts]
         scope = {h: run.spec.hosts[h] for h in on}
         with Session(scope) as session:
@@ -473,9 +473,8 @@ def _mib(v: str | None) -> str:
 def run_history(req: HistoryRequest) -> HistoryResult:
     """The newest `limit` history entries (of one service); a name recon never saw is an error."""
     from reconciler import pipeline
-    from reconciler.state import StateStore
 
-    store = StateStore(pipeline.state_dir(req.state))
+    store = pipeline.open_store(req.state)
     every, skipped = store.read_history()
     if req.service and not any(e.get("service") == req.service for e in every):
         known = {str(e.get("service")) for e in every} | {s for svcs in store.load().hosts.values() for s in svcs}
@@ -590,16 +589,17 @@ def run_operate(req: OperateRequest, confirm: Any, on_event: Any) -> OperateResu
 
     from reconciler import pipeline
     from reconciler.operate import Op, Operator, order
-    from reconciler.state import StateStore
     from reconciler.transport import Session
 
     op = Op(req.op)
     if not req.services and not req.all_services:
         raise ReconError(f"recon {op}: name the services (or --all for every service of the spec)")
-    store = StateStore(pipeline.state_dir(req.state))
+    store = pipeline.open_store(req.state)
     what = " ".join(req.services) or "--all"
-    with store.lock(f"recon {op} {what}" + (f" ({req.reason})" if req.reason else ""), timeout=req.lock_timeout):
-        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False)
+    with store.lock(f"recon {op} {what}" + (f" ({req.reason})" if req.reason else ""), timeout=req.lock_timeout,
+                    hosts=lock_scope(store, req.files, req.hosts)):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
+                               store=store)
         names = list(req.services) or list(run.spec.services)
         ordered, added = order(run.spec, names, op)
         result = OperateResult(ordered, added)
@@ -694,6 +694,179 @@ def _logs_once(run: Any, scope: dict[str, Any], names: list[str], req: LogsReque
 def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:
     """Remove the state lock; returns who held it."""
     from reconciler import pipeline
+
+    return pipeline.open_store(req.state).force_unlock(req.lock_id)
+
+
+# ------------------------------------------------------------------------- state backends (issue 11)
+def lock_scope(store: Any, files: tuple[str, ...], hosts: tuple[str, ...], service: str | None = None
+               ) -> list[str] | None:
+    """The hosts a run touches, for a backend that locks per host (None: the backend locks the whole state)."""
+    if not store.per_host_locks:
+        return None
+    from reconciler.spec import load_spec
+
+    spec = load_spec(files)
+    names = spec.services[service].hosts if service and service in spec.services else list(spec.hosts)
+    return sorted(h for h in names if not hosts or h in hosts)
+
+
+@dataclass(frozen=True)
+class StateShowRequest:
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class StatePullRequest:
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class StatePushRequest:
+    file: str
+    state: str | None = None
+    lock_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class StateMigrateRequest:
+    to: str
+    state: str | None = None
+    lock_timeout: float = 0.0
+
+
+@dataclass
+class StateShowResult:
+    location: str
+    state: Any                       # state.State
+    locks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StatePushResult:
+    location: str
+    lineage: str
+    serial: int
+    written: bool                    # False: the store already held exactly this state
+
+
+@dataclass
+class StateMigrateResult:
+    source: str
+    target: str
+    lineage: str
+    serial: int
+    hosts: int
+    history_copied: int
+    history_total: int
+
+
+def run_state_show(req: StateShowRequest) -> StateShowResult:
+    from reconciler import pipeline
+
+    store = pipeline.open_store(req.state)
+    try:
+        return StateShowResult(store.location, store.load(), store.locks())
+    finally:
+        store.close()
+
+
+def run_state_pull(req: StatePullRequest) -> bytes:
+    """The state document (the directory backend's `recon.state.json` format), for a backup."""
+    from reconciler import pipeline
+
+    store = pipeline.open_store(req.state)
+    try:
+        state = store.load()
+    finally:
+        store.close()
+    if not state.lineage:
+        raise ReconError(f"no state in {store.location} yet: nothing to pull")
+    return state.to_json()
+
+
+def _read_state_file(path: str) -> Any:
+    """A state file (or a state directory's), checked as `recon` reads its own."""
+    from pathlib import Path
+
     from reconciler.state import StateStore
 
-    return StateStore(pipeline.state_dir(req.state)).force_unlock(req.lock_id)
+    p = Path(path)
+    if p.is_dir():
+        p = p / "recon.state.json"
+    if not p.is_file():
+        raise ReconError(f"{path}: no such state file")
+
+    class _File(StateStore):
+        @property
+        def path(self) -> Path:
+            return p
+
+    return _File(p.parent).load()
+
+
+def run_state_push(req: StatePushRequest) -> StatePushResult:
+    """Restore a pulled state: refused if it is another lineage or older than the stored state."""
+    from reconciler import pipeline
+
+    new = _read_state_file(req.file)
+    if not new.lineage:
+        raise ReconError(f"{req.file}: the state has no lineage; recon writes one with every state")
+    store = pipeline.open_store(req.state)
+    try:
+        with store.lock(f"recon state push {req.file}", timeout=req.lock_timeout):
+            old = store.load()
+            if old.lineage and old.lineage != new.lineage:
+                raise ReconError(f"not pushing {req.file}: its lineage {new.lineage} is not the lineage of the "
+                                 f"state in {store.location} ({old.lineage}); it is another state")
+            if old.lineage and new.serial < old.serial:
+                raise ReconError(f"not pushing {req.file}: it is at serial {new.serial}, older than the state in "
+                                 f"{store.location} (serial {old.serial}); pull again, or push a newer file")
+            if old.lineage and old.to_json() == new.to_json():
+                return StatePushResult(store.location, new.lineage, old.serial, False)
+            if old.lineage and new.serial == old.serial:
+                new.serial += 1          # same serial, other content: the write must be seen as a new one
+            store.replace(new)
+            return StatePushResult(store.location, new.lineage, new.serial, True)
+    finally:
+        store.close()
+
+
+def run_state_migrate(req: StateMigrateRequest) -> StateMigrateResult:
+    """Copy state and history from `--state` to `--to` (either a directory or a URL); refused if the target
+    holds another lineage or a newer serial. History entries already in the target are not copied again."""
+    import json
+
+    from reconciler import pipeline
+    from reconciler.state import open_store
+
+    src = pipeline.open_store(req.state)
+    dst = open_store(req.to)
+    if src.location == dst.location:
+        raise ReconError(f"--to {dst.location} is the state itself (--state): nothing to migrate")
+    try:
+        state = src.load()
+        if not state.lineage:
+            raise ReconError(f"no state in {src.location}: nothing to migrate")
+        entries, _ = src.read_history()
+        with dst.lock(f"recon state migrate --to {dst.location}", timeout=req.lock_timeout):
+            old = dst.load()
+            if old.lineage and old.lineage != state.lineage:
+                raise ReconError(f"not migrating: {dst.location} already holds another state (lineage {old.lineage}, "
+                                 f"serial {old.serial}); this state is lineage {state.lineage}")
+            if old.lineage and old.serial > state.serial:
+                raise ReconError(f"not migrating: {dst.location} holds this state at serial {old.serial}, newer "
+                                 f"than {src.location} (serial {state.serial})")
+            have = {json.dumps(e, sort_keys=True) for e in dst.read_history()[0]}
+            new = [e for e in entries if json.dumps(e, sort_keys=True) not in have]
+            dst.replace(state)
+            if hasattr(dst, "append_many"):
+                dst.append_many(new)
+            else:
+                for e in new:
+                    dst.append_history(e)
+            return StateMigrateResult(src.location, dst.location, state.lineage, state.serial, len(state.hosts),
+                                      len(new), len(entries))
+    finally:
+        src.close()
+        dst.close()

@@ -7,15 +7,16 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.errors import ReconError
 from reconciler.ownership import Owned
@@ -183,10 +184,30 @@ def shape_problems(doc: Any) -> list[str]:
 
 
 class StateStore:
-    """The state directory: `recon.state.json`, `history.jsonl`, `recon.lock`."""
+    """The state directory: `recon.state.json`, `history.jsonl`, `recon.lock` (a `StateBackend`)."""
+
+    per_host_locks = False
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
+
+    @property
+    def location(self) -> str:
+        return str(self.dir)
+
+    def check(self) -> None:
+        """Nothing to lose: a directory does not go away mid-apply like a database connection."""
+
+    def close(self) -> None:
+        pass
+
+    def locks(self) -> list[dict[str, Any]]:
+        holder = self.lock_holder()
+        return [holder] if holder else []
+
+    def replace(self, state: State) -> None:
+        """Write `state` exactly as given (serial and lineage kept): migrate and push."""
+        atomic_write(self.path, state.to_json())
 
     @property
     def path(self) -> Path:
@@ -288,8 +309,10 @@ class StateStore:
         return holder if isinstance(holder, dict) else {"id": "?", "note": "unreadable lock file"}
 
     @contextlib.contextmanager
-    def lock(self, command: str, timeout: float = 0.0) -> Iterator[dict[str, Any]]:
-        """Hold the state lock; wait up to `timeout` s; a dead holder on this machine is taken over."""
+    def lock(self, command: str, timeout: float = 0.0, hosts: Sequence[str] | None = None
+             ) -> Iterator[dict[str, Any]]:
+        """Hold the state lock; wait up to `timeout` s; a dead holder on this machine is taken over.
+        The directory has one lock for the whole state: `hosts` (what the run touches) is not used."""
         self.dir.mkdir(parents=True, exist_ok=True)
         me = {"id": str(uuid.uuid4()), "user": current_user(), "host": socket.gethostname(), "pid": os.getpid(),
               "time": now_iso(), "command": command}
@@ -375,3 +398,69 @@ def _is_dead(holder: dict[str, Any]) -> bool:
     except PermissionError:
         return False
     return False
+
+
+# ------------------------------------------------------------------------------ backends (issue 11)
+class StateUnavailable(StateError):
+    """The state's store went away (a database connection lost): the run stops before its next step."""
+
+
+class StaleStateError(StateError):
+    """A compare-and-swap write was refused: the stored state moved on since it was read."""
+
+
+class StateBackend(Protocol):
+    """Where recon keeps state, history and locks: a directory (`StateStore`) or PostgreSQL
+    (`reconciler.pgstate.PgStore`). `save` is a compare-and-swap on what `load` read; `lock` takes the
+    hosts a run touches (a backend with `per_host_locks` False locks the whole state)."""
+
+    per_host_locks: bool
+
+    @property
+    def location(self) -> str: ...            # for messages: a path, or the URL without its password
+
+    def load(self) -> State: ...
+
+    def save(self, state: State, bump: bool = True) -> None: ...
+
+    def replace(self, state: State) -> None: ...
+
+    def append_history(self, entry: dict[str, Any]) -> None: ...
+
+    def history(self) -> list[dict[str, Any]]: ...
+
+    def read_history(self) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]: ...
+
+    def lock(self, command: str, timeout: float = 0.0, hosts: Sequence[str] | None = None
+             ) -> contextlib.AbstractContextManager[dict[str, Any]]: ...
+
+    def locks(self) -> list[dict[str, Any]]: ...
+
+    def force_unlock(self, lock_id: str | None) -> dict[str, Any]: ...
+
+    def check(self) -> None: ...               # raise StateUnavailable when the store went away
+
+    def close(self) -> None: ...
+
+
+URL_PREFIXES = ("postgresql://", "postgres://")
+_PASSWORD = re.compile(r"((?:postgres(?:ql)?)://[^:/@\s]*):[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """`postgresql://user:secret@db/x` → `postgresql://user:***@db/x`, and `password=…` → `password=***`."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1:***@", text))
+
+
+def is_url(location: str) -> bool:
+    return location.startswith(URL_PREFIXES)
+
+
+def open_store(location: str) -> StateBackend:
+    """The backend for a `--state` value: a PostgreSQL URL (psycopg is imported only then) or a directory."""
+    if is_url(location):
+        from reconciler.pgstate import PgStore
+
+        return PgStore(location)
+    return StateStore(location)

@@ -11,11 +11,12 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 command -v promtool >/dev/null 2>&1 || need+=(promtool)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 if [ "${CI:-}" = true ] || [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends systemd-container openssh-server openssh-client curl strace \
-        logrotate python3-venv >/dev/null
+        logrotate postgresql python3-venv >/dev/null
 fi
 # promtool (a test checks `recon metrics --format prometheus` with `promtool check metrics`): Debian 12 ships it
 # in the prometheus package (19 MB download, 96 MB installed, with a server that its postinst would start);

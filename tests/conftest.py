@@ -151,3 +151,28 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
     items = [("orchestrator", "5.0.0"), ("orchestrator", "5.0.1"), ("control-center", "5.0.0"),
              ("control-center", "5.0.1"), ("control-center", "5.0.2-unhealthy"), ("mcp-server", "5.0.0")]
     return build(out, items)
+
+
+# --------------------------------------------------------------------------- PostgreSQL (issue 11)
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """A real PostgreSQL 15 server for this test session (tests/pgserver.py); PGPASSWORD is set for it."""
+    from pgserver import PASSWORD, start_server
+
+    srv = start_server()
+    old = os.environ.get("PGPASSWORD")
+    os.environ["PGPASSWORD"] = PASSWORD
+    try:
+        yield srv
+    finally:
+        if old is None:
+            os.environ.pop("PGPASSWORD", None)
+        else:
+            os.environ["PGPASSWORD"] = old
+        srv.stop()
+
+
+@pytest.fixture()
+def pg_url(pg_server: object) -> str:
+    """A fresh, empty database on the session's server, as a URL without a password."""
+    return pg_server.url(pg_server.new_database())  # type: ignore[attr-defined]

@@ -54,6 +54,7 @@ class Mini:
         self.config_extra: dict[str, dict[str, Any]] = {}
         self.batch_size = batch_size
         self.health_timeout = 4
+        self.state = str(tmp / "state")     # --state: the directory, or a PostgreSQL URL
 
     def doc(self) -> dict[str, Any]:
         services: dict[str, Any] = {}
@@ -96,7 +97,7 @@ class Mini:
 
     def run(self, *args: str, check: int | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         spec = self.write()
-        return recon(*args, "-f", str(spec), "--state", str(self.dir / "state"), cwd=self.dir, check=check, **kw)
+        return recon(*args, "-f", str(spec), "--state", self.state, cwd=self.dir, check=check, **kw)
 
     def apply(self, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         return self.run("apply", "--auto-approve", check=check)

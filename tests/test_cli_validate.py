@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECON = str(Path(sys.executable).with_name("recon"))
 PLATFORM = "specs/platform.yaml"
 LOCAL = "specs/overrides/local.yaml"
-HEAVY = ("pyinfra", "deepdiff", "paramiko")
+HEAVY = ("pyinfra", "deepdiff", "paramiko", "psycopg")   # psycopg: only with a PostgreSQL state URL
 
 
 def recon(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

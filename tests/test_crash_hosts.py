@@ -1,5 +1,6 @@
 """Crash safety: `kill -9` of `recon apply` at 20 points of an apply, each followed by an apply that
-converges, with a state file that always parses and no release lost (real host over SSH)."""
+converges, with a state file that always parses and no release lost (real host over SSH). Each test runs on
+both state backends: the directory and a real PostgreSQL server (fewer points there, to keep the time)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hosttools import CANARY, NAMES, Mini, _exec, health
 
-from reconciler.state import StateStore
+from reconciler.state import StateBackend, open_store
 from testhosts import TestHost
 
-POINTS = 20
+POINTS = {"dir": 20, "pg": 10}
+
+
+@pytest.fixture(params=["dir", "pg"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _mini(backend: str, request: pytest.FixtureRequest, tmp_path: Path, host: TestHost, artifacts: Any
+          ) -> tuple[Mini, StateBackend]:
+    m = Mini(tmp_path, [host], artifacts)
+    if backend == "pg":
+        m.state = request.getfixturevalue("pg_url")
+    return m, open_store(m.state)
 
 
 def _start_apply(m: Mini) -> subprocess.Popen[str]:
     spec = m.write()
     env = {**os.environ, "VAULT_TOKEN": CANARY, "NO_COLOR": "1"}
     return subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-f", str(spec), "--state",
-                             str(m.dir / "state"), "--auto-approve"], cwd=m.dir, env=env, text=True,
+                             m.state, "--auto-approve"], cwd=m.dir, env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -35,28 +50,33 @@ def _toggle(m: Mini, i: int) -> None:
     m.config_extra["mcp-server"] = {"tuning": {"round": i}}
 
 
-def test_kill_9_at_twenty_points_then_apply_converges(testhost: TestHost, tmp_path: Path, artifacts: Any) -> None:
-    m = Mini(tmp_path, [testhost], artifacts)
+def test_kill_9_at_twenty_points_then_apply_converges(testhost: TestHost, tmp_path: Path, artifacts: Any,
+                                                      backend: str, request: pytest.FixtureRequest) -> None:
+    m, store = _mini(backend, request, tmp_path, testhost, artifacts)
+    points = POINTS[backend]
     m.apply()
-    # how long does an apply with work to do take, from process start?
-    _toggle(m, 0)
-    t0 = time.monotonic()
-    m.apply()
-    duration = time.monotonic() - t0
-    store = StateStore(tmp_path / "state")
+    # how long does an apply with work to do take, from process start? The faster of two (the first one
+    # of a process pays for cold caches, and the machine's load varies)
+    durations = []
+    for i in (0, 1):
+        _toggle(m, i)
+        t0 = time.monotonic()
+        m.apply()
+        durations.append(time.monotonic() - t0)
+    duration = min(durations)
     killed_at: list[float] = []
-    for i in range(1, POINTS + 1):
+    for i in range(2, points + 2):
         _toggle(m, i)
         # spread over the apply, up to 85 % of its measured length: a point at its very end kills nothing
         # whenever this apply runs a little faster than the measured one (the machine's load varies)
-        delay = 0.2 + (0.85 * duration - 0.2) * (i - 1) / (POINTS - 1)
+        delay = 0.2 + (0.85 * duration - 0.2) * (i - 2) / (points - 1)
         proc = _start_apply(m)
         time.sleep(delay)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             killed_at.append(delay)
         proc.wait()
-        state = store.load()          # always parses (atomic writes)
+        state = store.load()          # always parses (atomic writes; one transaction per write in PostgreSQL)
         assert state.lineage
         res = m.apply(check=None)
         assert res.returncode == 0, f"point {i} ({delay:.2f}s): converging apply failed\n{res.stdout}\n{res.stderr}"
@@ -71,7 +91,7 @@ def test_kill_9_at_twenty_points_then_apply_converges(testhost: TestHost, tmp_pa
         for name in NAMES:
             rec = recorded.record("node1", name)
             assert rec is not None and rec.status == "applied" and rec.version == want[name]
-    assert len(killed_at) >= 15, f"only {len(killed_at)} applies were still running when killed"
+    assert len(killed_at) >= points * 3 // 4, f"only {len(killed_at)} applies were still running when killed"
 
 
 def _running_release(host: TestHost, unit: str) -> str:
@@ -90,14 +110,13 @@ def _wait_for(cond: Any, proc: subprocess.Popen[str], timeout: float = 60) -> bo
 
 
 def test_kill_9_in_the_health_gate_of_an_unhealthy_release_then_apply_ends_on_the_last_healthy(
-        testhost: TestHost, tmp_path: Path, artifacts: Any) -> None:
+        testhost: TestHost, tmp_path: Path, artifacts: Any, backend: str, request: pytest.FixtureRequest) -> None:
     """control-center 5.0.0 → 5.0.2-unhealthy, killed while the gate waits for its health (just after the
     restart, and in the middle of the wait) and while rolling back: the same apply again must go back
     to 5.0.0, the last release recorded healthy (not to the unhealthy release `current` points at)."""
-    m = Mini(tmp_path, [testhost], artifacts)
+    m, store = _mini(backend, request, tmp_path, testhost, artifacts)
     m.health_timeout = 6
     m.apply()
-    store = StateStore(tmp_path / "state")
     unit = "provisioning-control-center.service"
     current = "/opt/provisioning/control-center/current"
     m.versions["control-center"] = "5.0.2-unhealthy"

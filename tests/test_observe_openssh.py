@@ -1,6 +1,6 @@
 """The plan/observe path through the OpenSSH client (`reconciler/openssh.py`): a converged `plan`, `status`
-and `drift` import none of pyinfra, gevent, paramiko or deepdiff; a saved plan still applies; host keys
-stay strictly checked (a changed or absent key is refused before any command runs)."""
+and `drift` import none of pyinfra, gevent, paramiko, deepdiff or psycopg (directory state); a saved plan
+still applies; host keys stay strictly checked (a changed or absent key is refused before any command runs)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from reconciler.openssh import OpenSSHSession, ssh_argv
 from reconciler.spec.model import Host
 from testhosts import TestHost
 
-HEAVY = ("pyinfra", "gevent", "paramiko", "deepdiff")
+HEAVY = ("pyinfra", "gevent", "paramiko", "deepdiff", "psycopg")   # psycopg: only with a state URL
 
 
 def probe(m: Mini, *args: str, check: int = 0) -> tuple[list[str], str]:
