@@ -1,0 +1,465 @@
+"""recon as a Pulumi resource: `Platform`, backed by the dynamic provider `PlatformProvider`, whose
+check/diff/create/update/read/delete are recon's own validation, plan, apply (health-gated, with
+automatic rollback), observation and delete path, through the typed runner API (`runner.run_*`).
+
+The only module that imports `pulumi` (an optional extra: `pip install 'recon[pulumi]'`); `recon` itself
+never imports it. The provider is dill-pickled into Pulumi's state by reference (this module's path),
+holds no connections and no secrets, and accepts inputs as they cross the gRPC boundary: numbers as
+floats (8080.0), unknowns during a preview, secrets wrapped. See docs/pulumi.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.dynamic as dynamic
+from pulumi.runtime import rpc
+
+from reconciler.errors import Origin, Problem, ReconError, SpecError
+
+INPUT_SPEC = "pulumi input spec"      # the "file" an inline `spec` input's problems are reported in
+INPUT_HOSTS = "pulumi input hosts"    # and the `hosts` input's
+INPUTS_KEY = "__inputs"               # the inputs delete and refresh need, kept (as a secret) in the outputs
+OUTPUTS = ("versions", "serial", "summary")
+_SECRET_SIG = {rpc._special_sig_key: rpc._special_secret_sig}
+
+
+# ------------------------------------------------------------------------------------ the inputs
+@dataclass(frozen=True)
+class PlatformInputs:
+    """The `Platform` resource's inputs, normalised (secrets unwrapped, whole floats back to ints)."""
+
+    spec_files: tuple[str, ...] = ()
+    spec: dict[str, Any] | None = None
+    hosts: dict[str, Any] | None = None
+    state: str | None = None
+    targets: tuple[str, ...] = ()
+
+    def as_props(self) -> dict[str, Any]:
+        return {"spec_files": list(self.spec_files), "spec": self.spec, "hosts": self.hosts, "state": self.state,
+                "targets": list(self.targets)}
+
+
+def unwrap(value: Any) -> Any:
+    """The value with every Pulumi secret wrapper (`{sig: secret, value: …}`) removed, at any depth."""
+    value = rpc.unwrap_rpc_secret(value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def has_unknowns(value: Any) -> bool:
+    """Whether a value (during a preview) holds an output not known yet, e.g. a VM's address."""
+    from pulumi.output import Unknown
+
+    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(has_unknowns(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_unknowns(v) for v in value)
+    return False
+
+
+def _schema_types(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema with its `$ref`s and combinators (allOf/anyOf/oneOf) expanded into the alternatives."""
+    out: list[dict[str, Any]] = []
+    todo = [schema]
+    while todo:
+        s = todo.pop()
+        if not isinstance(s, dict):
+            continue
+        if "$ref" in s and s["$ref"].startswith("#/$defs/"):
+            todo.append(root["$defs"][s["$ref"][len("#/$defs/"):]])
+        for key in ("allOf", "anyOf", "oneOf"):
+            todo.extend(s.get(key, []))
+        out.append(s)
+    return out
+
+
+def ints_where_schema_wants(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """Gives back whole floats as ints where the spec schema accepts an integer (gRPC carries every number
+    as a float: 8080 arrives as 8080.0); everything else is left as it is, so validation still sees it."""
+    alternatives = _schema_types(schema, root)
+    if isinstance(value, float) and value.is_integer():
+        for s in alternatives:
+            types = s.get("type")
+            if types == "integer" or (isinstance(types, list) and "integer" in types):
+                return int(value)
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            subs = [s["properties"][k] for s in alternatives if k in s.get("properties", {})]
+            subs += [s["additionalProperties"] for s in alternatives
+                     if k not in s.get("properties", {}) and isinstance(s.get("additionalProperties"), dict)]
+            out[k] = ints_where_schema_wants(v, {"anyOf": subs}, root) if subs else v
+        return out
+    if isinstance(value, list):
+        subs = [s["items"] for s in alternatives if isinstance(s.get("items"), dict)]
+        return [ints_where_schema_wants(v, {"anyOf": subs}, root) if subs else v for v in value]
+    return value
+
+
+def parse_inputs(props: dict[str, Any]) -> PlatformInputs:
+    """The typed inputs of a property bag (Pulumi's, or the outputs' kept copy); ReconError when malformed."""
+    from reconciler.spec.schema import load_schema
+
+    props = unwrap({k: v for k, v in props.items() if not k.startswith("__")})
+    root = load_schema()
+    problems: list[str] = []
+    files = props.get("spec_files") or []
+    spec = props.get("spec")
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        problems.append("spec_files: expected a list of spec file paths")
+        files = []
+    if spec is not None and not isinstance(spec, dict):
+        problems.append("spec: expected a mapping (an inline spec: version, hosts, services…)")
+        spec = None
+    if not files and spec is None:
+        problems.append("spec_files or spec: one is required (the spec files, or an inline spec)")
+    if files and spec is not None:
+        problems.append("spec_files and spec: give one of them, not both")
+    hosts = props.get("hosts")
+    if hosts is not None and not isinstance(hosts, dict):
+        problems.append("hosts: expected a mapping of host name to {address, port, user, …}")
+        hosts = None
+    state = props.get("state")
+    if state is not None and not isinstance(state, str):
+        problems.append("state: expected a string (a state directory, or a state URL)")
+        state = None
+    targets = props.get("targets") or []
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        problems.append("targets: expected a list of service names")
+        targets = []
+    if problems:
+        raise ReconError("invalid Platform inputs: " + "; ".join(problems))
+    if spec is not None:
+        spec = ints_where_schema_wants(spec, root, root)
+    if hosts is not None:
+        hosts = ints_where_schema_wants(hosts, root["properties"]["hosts"], root)
+    return PlatformInputs(tuple(files), spec, hosts, state or None, tuple(targets))
+
+
+# -------------------------------------------------------------------- the spec files recon reads
+def _artifact_paths_absolute(spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An inline spec's relative artifact paths are relative to the program's directory (the working
+    directory), as if the spec were a file there; written to a temporary file, they are made absolute."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    places = [spec.get("defaults")] + list((spec.get("services") or {}).values())
+    for svc in places:
+        art = svc.get("artifact") if isinstance(svc, dict) else None
+        if isinstance(art, dict) and isinstance(art.get("path"), str) and art["path"]:
+            p = Path(art["path"]).expanduser()
+            if not p.is_absolute():
+                art["path"] = str(base / p)
+    return spec
+
+
+@contextlib.contextmanager
+def spec_files(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> Iterator[tuple[str, ...]]:
+    """The spec files recon reads for these inputs: the `spec_files`, or the inline `spec` written to a
+    private temporary file; then the `hosts` input as a layer over them, then `extra` (a layer recon's
+    delete uses). The temporary files are removed afterwards."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="recon-pulumi-") as tmp:
+        files = list(inputs.spec_files)
+        layers: list[tuple[str, dict[str, Any]]] = []
+        if inputs.spec is not None:
+            layers.append(("spec.json", _artifact_paths_absolute(inputs.spec, Path.cwd())))
+        if inputs.hosts:
+            layers.append(("hosts.json", {"version": 1, "hosts": inputs.hosts}))
+        if extra:
+            layers.append(("extra.json", {"version": 1, **extra}))
+        for name, doc in layers:
+            path = Path(tmp) / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1)
+            files.append(str(path))
+        yield tuple(files)
+
+
+def spec_problems(inputs: PlatformInputs) -> list[tuple[str, Problem]]:
+    """recon's validation of the inputs: (Pulumi property, problem) per problem. Inline inputs are read
+    as the "files" `pulumi input spec` and `pulumi input hosts`, and their problems name the property path
+    (`spec.services.api.port`); a file's problems name `spec_files` and carry file and line."""
+    from reconciler.spec import check_merged
+    from reconciler.spec.loader import Layer, load_file
+    from reconciler.spec.merge import merge_layers
+
+    layers: list[Layer] = []
+    problems: list[Problem] = []
+    for f in inputs.spec_files:
+        try:
+            layers.append(load_file(f))
+        except SpecError as exc:
+            problems += exc.problems
+    for name, data in ((INPUT_SPEC, inputs.spec), (INPUT_HOSTS, {"hosts": inputs.hosts} if inputs.hosts else None)):
+        if data is not None:
+            layers.append(_input_layer(name, data))
+    if not problems:
+        merged = merge_layers(layers)
+        problems = check_merged(merged)
+        if not problems:
+            from reconciler.spec.model import build_spec
+
+            spec = build_spec(merged)
+            for t in inputs.targets:
+                if t not in spec.services:
+                    from reconciler.errors import did_you_mean
+
+                    problems.append(Problem(f"no service {t!r} in the spec.{did_you_mean(t, spec.services)}",
+                                            origin=Origin("targets", 0)))
+    out = []
+    for p in problems:
+        file = p.origin.file if p.origin else ""
+        if file == INPUT_SPEC:
+            prop = "spec" + (f".{p.path}" if p.path else "")
+        elif file == INPUT_HOSTS:
+            prop = p.path or "hosts"
+        elif file == "targets":
+            prop = "targets"
+        else:
+            prop = "spec_files"
+        out.append((prop, p))
+    return out
+
+
+def _input_layer(name: str, data: dict[str, Any]) -> Any:
+    """An inline input as a spec layer: every value's origin is the input itself (no line: there is no file)."""
+    from reconciler.spec.loader import Layer
+
+    origins: dict[tuple[str | int, ...], Origin] = {}
+
+    def walk(v: Any, path: tuple[str | int, ...]) -> None:
+        origins[path] = Origin(name, 0, 0, path)
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, (*path, k))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(x, (*path, i))
+
+    walk(data, ())
+    return Layer(name, data, origins)
+
+
+# ---------------------------------------------------------------------------------- recon's runs
+class _CollectingUI:
+    """The runner's ApplyUI for Pulumi: no terminal, no question (`pulumi up` was the confirmation);
+    the plan and the events are kept for the outputs and for the error text of a failed apply."""
+
+    def __init__(self) -> None:
+        self.plan: Any = None
+        self.events: list[Any] = []
+
+    def show_plan(self, plan: Any) -> None:
+        self.plan = plan
+
+    def confirm(self) -> None:
+        return None
+
+    def on_event(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def _error_text(err: Exception, ui: _CollectingUI | None = None) -> str:
+    """recon's own message; for a refused or unobservable plan, the reasons from the plan too."""
+    text = str(err)
+    plan = ui.plan if ui is not None else None
+    if plan is not None:
+        more = [str(e) for e in plan.errors] + list(plan.refused)
+        if more:
+            text += "\n  " + "\n  ".join(more)
+    return text
+
+
+def apply(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """recon apply, health-gated with automatic rollback; the outputs. A failed apply raises an Exception
+    whose text is recon's account of it: each failed or rolled-back service, then the summary line."""
+    from reconciler.outcome import ApplyResult, Result
+    from reconciler.render.progress import summary_line
+    from reconciler.runner import ApplyRequest, run_apply
+
+    ui = _CollectingUI()
+    with spec_files(inputs, extra) as files:
+        req = ApplyRequest(files=files, auto_approve=True, targets=inputs.targets, auto_rollback=True,
+                           state=inputs.state)
+        try:
+            result = run_apply(req, ui)
+        except ReconError as exc:
+            raise Exception(f"recon apply failed: {_error_text(exc, ui)}") from None
+        applied = result.applied or ApplyResult()
+        if applied.failed:
+            bad = [f"{o.address}: {o.result} — {o.detail}" for o in applied.outcomes
+                   if o.result in (Result.FAILED, Result.ROLLED_BACK, Result.SKIPPED)]
+            lines = ["recon apply failed:", *bad]
+            if applied.stopped:
+                lines.append(f"Rollout stopped: {applied.stopped}")
+            lines.append(summary_line(applied))
+            raise Exception("\n".join(lines))
+        outs = observe(inputs, files)
+    outs["summary"] = summary_line(applied)
+    return outs
+
+
+def observe(inputs: PlatformInputs, files: Sequence[str]) -> dict[str, Any]:
+    """The outputs read from the hosts (`recon versions`) and recon's state: versions, serial, lineage."""
+    from reconciler import pipeline
+    from reconciler.runner import VersionsRequest, run_versions
+
+    try:
+        result = run_versions(VersionsRequest(files=tuple(files), state=inputs.state))
+        run = pipeline.prepare(files, inputs.state, secrets=False)
+    except ReconError as exc:
+        raise Exception(f"recon: {exc}") from None
+    if result.errors:
+        raise Exception("recon: cannot observe the hosts: " + "; ".join(result.errors))
+    versions: dict[str, dict[str, str | None]] = {}
+    wanted = set(inputs.targets) if inputs.targets else None
+    for sv in result.services:
+        if wanted is not None and sv.service not in wanted and not _needed_by(run.spec, wanted, sv.service):
+            continue
+        for host, running in sv.running.items():
+            versions.setdefault(host, {})[sv.service] = running
+    return {"versions": versions, "serial": run.state.serial, "lineage": run.state.lineage}
+
+
+def _needed_by(spec: Any, wanted: set[str], name: str) -> bool:
+    from reconciler.pipeline import with_dependencies
+
+    return name in with_dependencies(spec, wanted)
+
+
+def plan(inputs: PlatformInputs) -> Any:
+    """recon plan for the inputs (observes the hosts, changes nothing)."""
+    from reconciler.runner import PlanRequest, run_plan
+
+    with spec_files(inputs) as files:
+        try:
+            return run_plan(PlanRequest(files=files, state=inputs.state, targets=inputs.targets)).plan
+        except ReconError as exc:
+            raise Exception(f"recon plan failed: {exc}") from None
+
+
+def _outputs(outs: dict[str, Any], inputs: PlatformInputs) -> dict[str, Any]:
+    """The resource's outputs: versions, serial, summary, and (as a Pulumi secret, so it is encrypted in
+    the state and never shown) the inputs a later delete or refresh needs. No secret value is in any
+    of them: recon's spec names its secrets (from_env, from_file) and reads them only at apply time."""
+    return {"versions": outs["versions"], "serial": outs["serial"], "summary": outs.get("summary", ""),
+            INPUTS_KEY: {**_SECRET_SIG, "value": inputs.as_props()}}
+
+
+def stored_inputs(props: dict[str, Any]) -> PlatformInputs:
+    """The inputs kept in a resource's outputs (delete and read get only those), else the props themselves."""
+    kept = unwrap(props.get(INPUTS_KEY))
+    return parse_inputs(kept if isinstance(kept, dict) else props)
+
+
+# -------------------------------------------------------------------------------- the provider
+class PlatformDiff(dynamic.DiffResult):
+    """A DiffResult that also names the changed services (`diffs`) and carries recon's plan summary."""
+
+    def __init__(self, changes: bool | None, diffs: list[str], summary: str = "") -> None:
+        super().__init__(changes=changes, replaces=[], delete_before_replace=False)
+        self.diffs = diffs
+        self.summary = summary
+
+
+class PlatformProvider(dynamic.ResourceProvider):
+    """check → recon's validation; diff → recon's plan; create/update → recon's apply; read → recon's
+    observation; delete → recon's delete path for services no longer in the spec."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
+        if has_unknowns({k: v for k, v in news.items() if not k.startswith("__")}):
+            return dynamic.CheckResult(news, [])     # a preview before the hosts exist: checked at `up`
+        try:
+            inputs = parse_inputs(news)
+        except ReconError as exc:
+            return dynamic.CheckResult(news, [dynamic.CheckFailure("spec", str(exc))])
+        failures = [dynamic.CheckFailure(prop, p.render()) for prop, p in spec_problems(inputs)]
+        normalised = {**news, **{k: v for k, v in inputs.as_props().items() if k in news and not rpc.is_rpc_secret(
+            news[k])}}
+        return dynamic.CheckResult(normalised, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> PlatformDiff:
+        if has_unknowns({k: v for k, v in news.items() if not k.startswith("__")}):
+            return PlatformDiff(True, [], "known after apply")
+        inputs = parse_inputs(news)
+        try:
+            before: PlatformInputs | None = stored_inputs(olds)
+        except ReconError:
+            before = None
+        p = plan(inputs)
+        if p.errors or p.refused:
+            raise Exception("recon plan: " + "; ".join([str(e) for e in p.errors] + list(p.refused)))
+        from reconciler.render.common import summary_line
+
+        services = sorted({c.service for c in p.changes})
+        return PlatformDiff(bool(p.changes) or before != inputs, services, summary_line(p))
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        inputs = parse_inputs(props)
+        outs = apply(inputs)
+        return dynamic.CreateResult(outs["lineage"], _outputs(outs, inputs))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        inputs = parse_inputs(news)
+        return dynamic.UpdateResult(_outputs(apply(inputs), inputs))
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        inputs = stored_inputs(props)
+        with spec_files(inputs) as files:
+            outs = observe(inputs, files)
+        outs["summary"] = unwrap(props.get("summary")) or ""
+        return dynamic.ReadResult(id_, _outputs(outs, inputs))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        """Remove the spec's services (with `targets`: those and their dependencies) from its hosts: the
+        same apply with a layer that takes them out of the spec, so recon's delete path removes what it
+        recorded creating and leaves everything else alone (docs/design.md, ownership)."""
+        from reconciler.pipeline import with_dependencies
+        from reconciler.spec import load_spec
+
+        inputs = stored_inputs(props)
+        with spec_files(inputs) as files:
+            try:
+                spec = load_spec(files)
+                names = with_dependencies(spec, inputs.targets) if inputs.targets else set(spec.services)
+            except ReconError as exc:
+                raise Exception(f"recon: {exc}") from None
+        gone = PlatformInputs(inputs.spec_files, inputs.spec, inputs.hosts, inputs.state, ())
+        apply(gone, extra={"services": dict.fromkeys(sorted(names))})
+
+
+# -------------------------------------------------------------------------------- the resource
+class Platform(dynamic.Resource, module="recon", name="Platform"):
+    """The platform's services on hosts, as one Pulumi resource: `pulumi preview` shows recon's plan,
+    `pulumi up` applies it (health-gated, automatic rollback), `pulumi destroy` removes the services."""
+
+    versions: pulumi.Output[dict[str, dict[str, str]]]
+    serial: pulumi.Output[int]
+    summary: pulumi.Output[str]
+
+    def __init__(self, name: str, *, spec_files: pulumi.Input[Sequence[str]] | None = None,
+                 spec: pulumi.Input[dict[str, Any]] | None = None, hosts: pulumi.Input[dict[str, Any]] | None = None,
+                 state: pulumi.Input[str] | None = None, targets: pulumi.Input[Sequence[str]] | None = None,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        props: dict[str, Any] = {"spec_files": spec_files, "spec": spec, "hosts": hosts, "state": state,
+                                 "targets": targets, **dict.fromkeys(OUTPUTS)}
+        super().__init__(PlatformProvider(), name, props, opts)
