@@ -23,6 +23,7 @@ import pulumi.dynamic as dynamic
 from pulumi.runtime import rpc
 
 from reconciler.errors import Origin, Problem, ReconError, SpecError
+from reconciler.outcome import Result
 
 INPUT_SPEC = "pulumi input spec"      # the "file" an inline `spec` input's problems are reported in
 INPUT_HOSTS = "pulumi input hosts"    # and the `hosts` input's
@@ -159,7 +160,7 @@ def _artifact_paths_absolute(spec: dict[str, Any], base: Path) -> dict[str, Any]
     import copy
 
     spec = copy.deepcopy(spec)
-    places = [spec.get("defaults")] + list((spec.get("services") or {}).values())
+    places = [spec.get("defaults"), *(spec.get("services") or {}).values()]
     for svc in places:
         art = svc.get("artifact") if isinstance(svc, dict) else None
         if isinstance(art, dict) and isinstance(art.get("path"), str) and art["path"]:
@@ -170,10 +171,10 @@ def _artifact_paths_absolute(spec: dict[str, Any], base: Path) -> dict[str, Any]
 
 
 @contextlib.contextmanager
-def spec_files(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> Iterator[tuple[str, ...]]:
+def spec_files(inputs: PlatformInputs) -> Iterator[tuple[str, ...]]:
     """The spec files recon reads for these inputs: the `spec_files`, or the inline `spec` written to a
-    private temporary file; then the `hosts` input as a layer over them, then `extra` (a layer recon's
-    delete uses). The temporary files are removed afterwards."""
+    private temporary file; then the `hosts` input as a layer over them. The temporary files are removed
+    afterwards."""
     import json
 
     with tempfile.TemporaryDirectory(prefix="recon-pulumi-") as tmp:
@@ -183,8 +184,6 @@ def spec_files(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> I
             layers.append(("spec.json", _artifact_paths_absolute(inputs.spec, Path.cwd())))
         if inputs.hosts:
             layers.append(("hosts.json", {"version": 1, "hosts": inputs.hosts}))
-        if extra:
-            layers.append(("extra.json", {"version": 1, **extra}))
         for name, doc in layers:
             path = Path(tmp) / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -289,15 +288,15 @@ def _error_text(err: Exception, ui: _CollectingUI | None = None) -> str:
     return text
 
 
-def apply(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def apply(inputs: PlatformInputs) -> dict[str, Any]:
     """recon apply, health-gated with automatic rollback; the outputs. A failed apply raises an Exception
     whose text is recon's account of it: each failed or rolled-back service, then the summary line."""
-    from reconciler.outcome import ApplyResult, Result
+    from reconciler.outcome import ApplyResult
     from reconciler.render.progress import summary_line
     from reconciler.runner import ApplyRequest, run_apply
 
     ui = _CollectingUI()
-    with spec_files(inputs, extra) as files:
+    with spec_files(inputs) as files:
         req = ApplyRequest(files=files, auto_approve=True, targets=inputs.targets, auto_rollback=True,
                            state=inputs.state)
         try:
@@ -316,6 +315,26 @@ def apply(inputs: PlatformInputs, extra: dict[str, Any] | None = None) -> dict[s
         outs = observe(inputs, files)
     outs["summary"] = summary_line(applied)
     return outs
+
+
+def destroy(inputs: PlatformInputs) -> str:
+    """recon's delete path for the inputs' services (`runner.run_destroy`); the summary line. A failure
+    raises an Exception with recon's account of it."""
+    from reconciler.outcome import ApplyResult
+    from reconciler.render.progress import summary_line
+    from reconciler.runner import DestroyRequest, run_destroy
+
+    ui = _CollectingUI()
+    with spec_files(inputs) as files:
+        try:
+            result = run_destroy(DestroyRequest(files=files, services=inputs.targets, state=inputs.state), ui)
+        except ReconError as exc:
+            raise Exception(f"recon delete failed: {_error_text(exc, ui)}") from None
+    applied = result.applied or ApplyResult()
+    if applied.failed:
+        bad = [f"{o.address}: {o.result} — {o.detail}" for o in applied.outcomes if o.result != Result.DELETED]
+        raise Exception("\n".join(["recon delete failed:", *bad, summary_line(applied)]))
+    return summary_line(applied)
 
 
 def observe(inputs: PlatformInputs, files: Sequence[str]) -> dict[str, Any]:
@@ -430,21 +449,10 @@ class PlatformProvider(dynamic.ResourceProvider):
         return dynamic.ReadResult(id_, _outputs(outs, inputs))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        """Remove the spec's services (with `targets`: those and their dependencies) from its hosts: the
-        same apply with a layer that takes them out of the spec, so recon's delete path removes what it
-        recorded creating and leaves everything else alone (docs/design.md, ownership)."""
-        from reconciler.pipeline import with_dependencies
-        from reconciler.spec import load_spec
-
-        inputs = stored_inputs(props)
-        with spec_files(inputs) as files:
-            try:
-                spec = load_spec(files)
-                names = with_dependencies(spec, inputs.targets) if inputs.targets else set(spec.services)
-            except ReconError as exc:
-                raise Exception(f"recon: {exc}") from None
-        gone = PlatformInputs(inputs.spec_files, inputs.spec, inputs.hosts, inputs.state, ())
-        apply(gone, extra={"services": dict.fromkeys(sorted(names))})
+        """Remove the spec's services (with `targets`: the targeted ones; the dependencies they pulled in
+        stay) from the hosts: recon's delete path, as if they were taken out of the spec, so only what
+        recon recorded creating goes and everything else is left alone."""
+        destroy(stored_inputs(props))
 
 
 # -------------------------------------------------------------------------------- the resource
