@@ -71,52 +71,25 @@ def has_unknowns(value: Any) -> bool:
     return False
 
 
-def _schema_types(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
-    """The schema with its `$ref`s and combinators (allOf/anyOf/oneOf) expanded into the alternatives."""
-    out: list[dict[str, Any]] = []
-    todo = [schema]
-    while todo:
-        s = todo.pop()
-        if not isinstance(s, dict):
-            continue
-        if "$ref" in s and s["$ref"].startswith("#/$defs/"):
-            todo.append(root["$defs"][s["$ref"][len("#/$defs/"):]])
-        for key in ("allOf", "anyOf", "oneOf"):
-            todo.extend(s.get(key, []))
-        out.append(s)
-    return out
-
-
-def ints_where_schema_wants(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
-    """Gives back whole floats as ints where the spec schema accepts an integer (gRPC carries every number
-    as a float: 8080 arrives as 8080.0); everything else is left as it is, so validation still sees it."""
-    alternatives = _schema_types(schema, root)
+def whole_numbers(value: Any) -> Any:
+    """Whole floats back to ints, at any depth. gRPC carries every number as a double, so a program's
+    `8080` arrives as `8080.0`; where the schema wants an integer (ports, counts) that would be refused,
+    and in free-form places (a service's `config`, `env`) it would reach the service as `8080.0` (a TOML
+    float its server cannot bind). A number the schema takes as `number` (a duration) is the same value as
+    an int. The one thing lost: a whole float written on purpose in an inline spec (`ratio: 2.0` becomes 2);
+    spec files keep YAML's types."""
     if isinstance(value, float) and value.is_integer():
-        for s in alternatives:
-            types = s.get("type")
-            if types == "integer" or (isinstance(types, list) and "integer" in types):
-                return int(value)
-        return value
+        return int(value)
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            subs = [s["properties"][k] for s in alternatives if k in s.get("properties", {})]
-            subs += [s["additionalProperties"] for s in alternatives
-                     if k not in s.get("properties", {}) and isinstance(s.get("additionalProperties"), dict)]
-            out[k] = ints_where_schema_wants(v, {"anyOf": subs}, root) if subs else v
-        return out
+        return {k: whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        subs = [s["items"] for s in alternatives if isinstance(s.get("items"), dict)]
-        return [ints_where_schema_wants(v, {"anyOf": subs}, root) if subs else v for v in value]
+        return [whole_numbers(v) for v in value]
     return value
 
 
 def parse_inputs(props: dict[str, Any]) -> PlatformInputs:
     """The typed inputs of a property bag (Pulumi's, or the outputs' kept copy); ReconError when malformed."""
-    from reconciler.spec.schema import load_schema
-
     props = unwrap({k: v for k, v in props.items() if not k.startswith("__")})
-    root = load_schema()
     problems: list[str] = []
     files = props.get("spec_files") or []
     spec = props.get("spec")
@@ -146,11 +119,7 @@ def parse_inputs(props: dict[str, Any]) -> PlatformInputs:
         targets = []
     if problems:
         raise ReconError("invalid Platform inputs: " + "; ".join(problems))
-    if spec is not None:
-        spec = ints_where_schema_wants(spec, root, root)
-    if hosts is not None:
-        hosts = ints_where_schema_wants(hosts, root["properties"]["hosts"], root)
-    return PlatformInputs(tuple(files), spec, hosts, state or None, tuple(targets))
+    return PlatformInputs(tuple(files), whole_numbers(spec), whole_numbers(hosts), state or None, tuple(targets))
 
 
 # -------------------------------------------------------------------- the spec files recon reads
@@ -390,6 +359,39 @@ def stored_inputs(props: dict[str, Any]) -> PlatformInputs:
     return parse_inputs(kept if isinstance(kept, dict) else props)
 
 
+def isolated(fn: Any, *args: Any) -> Any:
+    """`fn(*args)`, in a fresh process unless this is the main thread. recon reaches hosts through
+    pyinfra, which needs gevent's monkey-patching, and that must happen on a process's main thread
+    (patching while a gRPC worker thread imports a module breaks the import lock, and gevent's locks
+    under the gRPC server's threads would break it too). `python -m pulumi.dynamic` calls the provider on
+    its gRPC threads, so there each call that contacts hosts runs in a spawned process (about 0.3 s
+    more): the same runner API, the same environment and working directory; the result or the error
+    comes back pickled. Called directly on a main thread (a script, the tests), it runs in place."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _diff(inputs: PlatformInputs, before: PlatformInputs | None) -> tuple[bool, list[str], str]:
+    from reconciler.render.common import summary_line
+
+    p = plan(inputs)
+    if p.errors or p.refused:
+        raise Exception("recon plan: " + "; ".join([str(e) for e in p.errors] + list(p.refused)))
+    return bool(p.changes) or before != inputs, sorted({c.service for c in p.changes}), summary_line(p)
+
+
+def _read(inputs: PlatformInputs) -> dict[str, Any]:
+    with spec_files(inputs) as files:
+        return observe(inputs, files)
+
+
 # -------------------------------------------------------------------------------- the provider
 class PlatformDiff(dynamic.DiffResult):
     """A DiffResult that also names the changed services (`diffs`) and carries recon's plan summary."""
@@ -424,27 +426,21 @@ class PlatformProvider(dynamic.ResourceProvider):
             before: PlatformInputs | None = stored_inputs(olds)
         except ReconError:
             before = None
-        p = plan(inputs)
-        if p.errors or p.refused:
-            raise Exception("recon plan: " + "; ".join([str(e) for e in p.errors] + list(p.refused)))
-        from reconciler.render.common import summary_line
-
-        services = sorted({c.service for c in p.changes})
-        return PlatformDiff(bool(p.changes) or before != inputs, services, summary_line(p))
+        changes, services, summary = isolated(_diff, inputs, before)
+        return PlatformDiff(changes, services, summary)
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         inputs = parse_inputs(props)
-        outs = apply(inputs)
+        outs = isolated(apply, inputs)
         return dynamic.CreateResult(outs["lineage"], _outputs(outs, inputs))
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         inputs = parse_inputs(news)
-        return dynamic.UpdateResult(_outputs(apply(inputs), inputs))
+        return dynamic.UpdateResult(_outputs(isolated(apply, inputs), inputs))
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         inputs = stored_inputs(props)
-        with spec_files(inputs) as files:
-            outs = observe(inputs, files)
+        outs = isolated(_read, inputs)
         outs["summary"] = unwrap(props.get("summary")) or ""
         return dynamic.ReadResult(id_, _outputs(outs, inputs))
 
@@ -452,7 +448,7 @@ class PlatformProvider(dynamic.ResourceProvider):
         """Remove the spec's services (with `targets`: the targeted ones; the dependencies they pulled in
         stay) from the hosts: recon's delete path, as if they were taken out of the spec, so only what
         recon recorded creating goes and everything else is left alone."""
-        destroy(stored_inputs(props))
+        isolated(destroy, stored_inputs(props))
 
 
 # -------------------------------------------------------------------------------- the resource

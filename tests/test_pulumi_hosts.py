@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hosttools import CANARY, NAMES, Mini, _exec, health
+from hosttools import CANARY, NAMES, Mini, _exec, _run_in
 
 from reconciler import pulumi as rp
 from reconciler.state import StateStore
@@ -23,6 +23,17 @@ UNITS = [f"provisioning-{n}.service" for n in NAMES]
 @pytest.fixture(autouse=True)
 def _vault_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAULT_TOKEN", CANARY)      # the spec's one secret, read at apply time
+
+
+def _version(host: TestHost, port: int) -> str:
+    """The version a service answers on its health endpoint, or why it does not answer (what systemd says)."""
+    import json
+
+    res = _run_in(host, f"curl -sS -m 3 http://{host.address}:{port}/health")
+    if res.returncode == 0:
+        return str(json.loads(res.stdout)["version"])
+    why = _exec(host, "systemctl status --no-pager -n 20 'provisioning-*'; journalctl -n 40 --no-pager")
+    return f"no answer: {res.stderr}\n{why}"
 
 
 def _units_present(host: TestHost) -> list[str]:
@@ -43,7 +54,7 @@ def test_provider_methods_create_diff_update_read_delete_on_a_real_host(
     assert outs["versions"] == {"node1": dict.fromkeys(NAMES, "5.0.0")}
     assert outs["serial"] == StateStore(tmp_path / "state").load().serial > 0
     assert outs["summary"].startswith("Apply complete: 3 created,")
-    assert all(health(testhost, port)["version"] == "5.0.0" for port in (8080, 8081, 8083))
+    assert [_version(testhost, p) for p in (8080, 8081, 8083)] == ["5.0.0"] * 3
 
     # nothing changed: no diff; a version bump: a diff naming that service
     same = provider.diff(created.id, outs, provider.check(outs, {"spec": m.doc(), "state": state}).inputs)
@@ -53,12 +64,12 @@ def test_provider_methods_create_diff_update_read_delete_on_a_real_host(
     diff = provider.diff(created.id, outs, bumped)
     assert diff.changes is True and diff.replaces == [] and diff.diffs == ["control-center"]
     assert "1 to replace" in diff.summary
-    assert health(testhost, 8081)["version"] == "5.0.0"          # a diff changes nothing
+    assert _version(testhost, 8081) == "5.0.0"          # a diff changes nothing
 
     updated = (provider.update(created.id, outs, bumped).outs or {})
     assert updated["versions"]["node1"]["control-center"] == "5.0.1"
     assert "1 replaced" in updated["summary"] and updated["serial"] > outs["serial"]
-    assert health(testhost, 8081)["version"] == "5.0.1"
+    assert _version(testhost, 8081) == "5.0.1"
 
     # refresh reads what runs: a service stopped behind recon's back reads as not running
     _exec(testhost, "systemctl stop provisioning-mcp-server.service")
@@ -72,7 +83,7 @@ def test_provider_methods_create_diff_update_read_delete_on_a_real_host(
     with pytest.raises(Exception, match=r"node1/control-center: rolled-back .*rolled back to 5\.0\.1") as bad:
         provider.update(created.id, updated, provider.check(updated, {"spec": m.doc(), "state": state}).inputs)
     assert "Apply failed:" in str(bad.value) and CANARY not in str(bad.value)
-    assert health(testhost, 8081)["version"] == "5.0.1"
+    assert _version(testhost, 8081) == "5.0.1"
 
     # something recon did not create stays, and delete removes the units and releases recon created
     _exec(testhost, "mkdir -p /opt/provisioning/keep-me && touch /etc/systemd/system/not-recons.service")
@@ -119,9 +130,14 @@ def _plain(struct: Any) -> dict[str, Any]:
 def test_the_provider_through_the_dynamic_provider_grpc_server(testhost: TestHost, tmp_path: Path,
                                                                artifacts: Any) -> None:
     import grpc
+    from gevent import monkey
     from pulumi.dynamic.dynamic import serialize_provider
     from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+    if monkey.is_module_patched("socket"):   # the fixtures import recon's transport: gevent patched this process
+        import grpc.experimental.gevent
+
+        grpc.experimental.gevent.init_gevent()
     m = Mini(tmp_path, [testhost], artifacts)
     state = str(tmp_path / "state")
     spec = m.doc()
@@ -137,7 +153,9 @@ def test_the_provider_through_the_dynamic_provider_grpc_server(testhost: TestHos
         stub.Configure(provider_pb2.ConfigureRequest(args=_struct({}), acceptSecrets=True, acceptResources=True))
         urn = "urn:pulumi:test::recon-platform::pulumi-python:dynamic/recon:Platform::platform"
         provider = serialize_provider(rp.PlatformProvider())
-        inputs = {"spec": spec, "hosts": hosts, "state": state, "targets": [], "__provider": provider}
+        # the hosts input as a Pulumi secret (say the program made it one), wrapped the way the engine sends it
+        secret_hosts = {rp.rpc._special_sig_key: rp.rpc._special_secret_sig, "value": hosts}
+        inputs = {"spec": spec, "hosts": secret_hosts, "state": state, "targets": [], "__provider": provider}
 
         def check(olds: dict[str, Any], news: dict[str, Any]) -> Any:
             return stub.Check(provider_pb2.CheckRequest(urn=urn, olds=_struct(olds), news=_struct(news)))
@@ -146,15 +164,18 @@ def test_the_provider_through_the_dynamic_provider_grpc_server(testhost: TestHos
         assert list(checked.failures) == []
         news = _plain(checked.inputs)
         assert news["spec"]["services"]["orchestrator"]["port"] == 8080     # sent as 8080.0
+        assert checked.inputs["hosts"][rp.rpc._special_sig_key] == rp.rpc._special_secret_sig   # still a secret
 
         created = stub.Create(provider_pb2.CreateRequest(urn=urn, properties=checked.inputs, timeout=300))
         outs = _plain(created.properties)
         assert created.id == StateStore(tmp_path / "state").load().lineage
         assert outs["versions"] == {"node1": dict.fromkeys(NAMES, "5.0.0")}
         assert outs["summary"].startswith("Apply complete: 3 created,")
-        assert all(health(testhost, p)["version"] == "5.0.0" for p in (8080, 8081, 8083))
+        assert [_version(testhost, p) for p in (8080, 8081, 8083)] == ["5.0.0"] * 3
         # the kept inputs travel as a Pulumi secret (encrypted in the stack's state)
         assert created.properties[rp.INPUTS_KEY][rp.rpc._special_sig_key] == rp.rpc._special_secret_sig
+        assert set(created.properties) == {"versions", "serial", "summary", rp.INPUTS_KEY, "__provider"}
+        assert testhost.address not in str([created.properties[k] for k in ("versions", "serial", "summary")])
 
         # a bad input: recon's problem, with its spec path, as a CheckFailure
         wrong = {**inputs, "spec": {**spec, "services": {**spec["services"], "orchestrator": {
@@ -168,13 +189,13 @@ def test_the_provider_through_the_dynamic_provider_grpc_server(testhost: TestHos
         diff = stub.Diff(provider_pb2.DiffRequest(id=created.id, urn=urn, olds=created.properties,
                                                   news=checked2.inputs))
         assert diff.changes == provider_pb2.DiffResponse.DIFF_SOME and list(diff.replaces) == []
-        assert health(testhost, 8081)["version"] == "5.0.0"
+        assert _version(testhost, 8081) == "5.0.0"
 
         updated = stub.Update(provider_pb2.UpdateRequest(id=created.id, urn=urn, olds=created.properties,
                                                          news=checked2.inputs, timeout=300))
         up = _plain(updated.properties)
         assert up["versions"]["node1"]["control-center"] == "5.0.1" and "1 replaced" in up["summary"]
-        assert health(testhost, 8081)["version"] == "5.0.1"
+        assert _version(testhost, 8081) == "5.0.1"
         nodiff = stub.Diff(provider_pb2.DiffRequest(id=created.id, urn=urn, olds=updated.properties,
                                                     news=checked2.inputs))
         assert nodiff.changes == provider_pb2.DiffResponse.DIFF_NONE
