@@ -32,6 +32,19 @@ OUTPUTS = ("versions", "serial", "summary")
 _SECRET_SIG = {rpc._special_sig_key: rpc._special_secret_sig}
 
 
+class PlatformError(Exception):
+    """A Platform step that failed; its text is recon's account (what failed, the rollback, the summary).
+    A plain Exception subclass, so it crosses the process boundary of `isolated` and the gRPC error."""
+
+
+class InputError(ReconError):
+    """Malformed Platform inputs: (property, reason) per problem."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("invalid Platform inputs: " + "; ".join(f"{p}: {r}" for p, r in problems))
+        self.problems = problems
+
+
 # ------------------------------------------------------------------------------------ the inputs
 @dataclass(frozen=True)
 class PlatformInputs:
@@ -90,35 +103,35 @@ def whole_numbers(value: Any) -> Any:
 def parse_inputs(props: dict[str, Any]) -> PlatformInputs:
     """The typed inputs of a property bag (Pulumi's, or the outputs' kept copy); ReconError when malformed."""
     props = unwrap({k: v for k, v in props.items() if not k.startswith("__")})
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     files = props.get("spec_files") or []
     spec = props.get("spec")
     if isinstance(files, str):
         files = [files]
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        problems.append("spec_files: expected a list of spec file paths")
+        problems.append(("spec_files", "expected a list of spec file paths"))
         files = []
     if spec is not None and not isinstance(spec, dict):
-        problems.append("spec: expected a mapping (an inline spec: version, hosts, services…)")
+        problems.append(("spec", "expected a mapping (an inline spec: version, hosts, services…)"))
         spec = None
     if not files and spec is None:
-        problems.append("spec_files or spec: one is required (the spec files, or an inline spec)")
+        problems.append(("spec", "spec_files or spec is required (the spec files, or an inline spec)"))
     if files and spec is not None:
-        problems.append("spec_files and spec: give one of them, not both")
+        problems.append(("spec", "give spec_files or spec, not both"))
     hosts = props.get("hosts")
     if hosts is not None and not isinstance(hosts, dict):
-        problems.append("hosts: expected a mapping of host name to {address, port, user, …}")
+        problems.append(("hosts", "expected a mapping of host name to {address, port, user, …}"))
         hosts = None
     state = props.get("state")
     if state is not None and not isinstance(state, str):
-        problems.append("state: expected a string (a state directory, or a state URL)")
+        problems.append(("state", "expected a string (a state directory, or a state URL)"))
         state = None
     targets = props.get("targets") or []
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        problems.append("targets: expected a list of service names")
+        problems.append(("targets", "expected a list of service names"))
         targets = []
     if problems:
-        raise ReconError("invalid Platform inputs: " + "; ".join(problems))
+        raise InputError(problems)
     return PlatformInputs(tuple(files), whole_numbers(spec), whole_numbers(hosts), state or None, tuple(targets))
 
 
@@ -258,7 +271,7 @@ def _error_text(err: Exception, ui: _CollectingUI | None = None) -> str:
 
 
 def apply(inputs: PlatformInputs) -> dict[str, Any]:
-    """recon apply, health-gated with automatic rollback; the outputs. A failed apply raises an Exception
+    """recon apply, health-gated with automatic rollback; the outputs. A failed apply raises a PlatformError
     whose text is recon's account of it: each failed or rolled-back service, then the summary line."""
     from reconciler.outcome import ApplyResult
     from reconciler.render.progress import summary_line
@@ -271,7 +284,7 @@ def apply(inputs: PlatformInputs) -> dict[str, Any]:
         try:
             result = run_apply(req, ui)
         except ReconError as exc:
-            raise Exception(f"recon apply failed: {_error_text(exc, ui)}") from None
+            raise PlatformError(f"recon apply failed: {_error_text(exc, ui)}") from None
         applied = result.applied or ApplyResult()
         if applied.failed:
             bad = [f"{o.address}: {o.result} — {o.detail}" for o in applied.outcomes
@@ -280,7 +293,7 @@ def apply(inputs: PlatformInputs) -> dict[str, Any]:
             if applied.stopped:
                 lines.append(f"Rollout stopped: {applied.stopped}")
             lines.append(summary_line(applied))
-            raise Exception("\n".join(lines))
+            raise PlatformError("\n".join(lines))
         outs = observe(inputs, files)
     outs["summary"] = summary_line(applied)
     return outs
@@ -288,7 +301,7 @@ def apply(inputs: PlatformInputs) -> dict[str, Any]:
 
 def destroy(inputs: PlatformInputs) -> str:
     """recon's delete path for the inputs' services (`runner.run_destroy`); the summary line. A failure
-    raises an Exception with recon's account of it."""
+    raises a PlatformError with recon's account of it."""
     from reconciler.outcome import ApplyResult
     from reconciler.render.progress import summary_line
     from reconciler.runner import DestroyRequest, run_destroy
@@ -298,40 +311,35 @@ def destroy(inputs: PlatformInputs) -> str:
         try:
             result = run_destroy(DestroyRequest(files=files, services=inputs.targets, state=inputs.state), ui)
         except ReconError as exc:
-            raise Exception(f"recon delete failed: {_error_text(exc, ui)}") from None
+            raise PlatformError(f"recon delete failed: {_error_text(exc, ui)}") from None
     applied = result.applied or ApplyResult()
     if applied.failed:
         bad = [f"{o.address}: {o.result} — {o.detail}" for o in applied.outcomes if o.result != Result.DELETED]
-        raise Exception("\n".join(["recon delete failed:", *bad, summary_line(applied)]))
+        raise PlatformError("\n".join(["recon delete failed:", *bad, summary_line(applied)]))
     return summary_line(applied)
 
 
 def observe(inputs: PlatformInputs, files: Sequence[str]) -> dict[str, Any]:
     """The outputs read from the hosts (`recon versions`) and recon's state: versions, serial, lineage."""
     from reconciler import pipeline
+    from reconciler.pipeline import with_dependencies
     from reconciler.runner import VersionsRequest, run_versions
 
     try:
         result = run_versions(VersionsRequest(files=tuple(files), state=inputs.state))
         run = pipeline.prepare(files, inputs.state, secrets=False)
     except ReconError as exc:
-        raise Exception(f"recon: {exc}") from None
+        raise PlatformError(f"recon: {exc}") from None
     if result.errors:
-        raise Exception("recon: cannot observe the hosts: " + "; ".join(result.errors))
+        raise PlatformError("recon: cannot observe the hosts: " + "; ".join(result.errors))
     versions: dict[str, dict[str, str | None]] = {}
-    wanted = set(inputs.targets) if inputs.targets else None
+    wanted = with_dependencies(run.spec, inputs.targets) if inputs.targets else None
     for sv in result.services:
-        if wanted is not None and sv.service not in wanted and not _needed_by(run.spec, wanted, sv.service):
+        if wanted is not None and sv.service not in wanted:
             continue
         for host, running in sv.running.items():
             versions.setdefault(host, {})[sv.service] = running
     return {"versions": versions, "serial": run.state.serial, "lineage": run.state.lineage}
-
-
-def _needed_by(spec: Any, wanted: set[str], name: str) -> bool:
-    from reconciler.pipeline import with_dependencies
-
-    return name in with_dependencies(spec, wanted)
 
 
 def plan(inputs: PlatformInputs) -> Any:
@@ -342,7 +350,7 @@ def plan(inputs: PlatformInputs) -> Any:
         try:
             return run_plan(PlanRequest(files=files, state=inputs.state, targets=inputs.targets)).plan
         except ReconError as exc:
-            raise Exception(f"recon plan failed: {exc}") from None
+            raise PlatformError(f"recon plan failed: {exc}") from None
 
 
 def _outputs(outs: dict[str, Any], inputs: PlatformInputs) -> dict[str, Any]:
@@ -383,7 +391,7 @@ def _diff(inputs: PlatformInputs, before: PlatformInputs | None) -> tuple[bool, 
 
     p = plan(inputs)
     if p.errors or p.refused:
-        raise Exception("recon plan: " + "; ".join([str(e) for e in p.errors] + list(p.refused)))
+        raise PlatformError("recon plan: " + "; ".join([str(e) for e in p.errors] + list(p.refused)))
     return bool(p.changes) or before != inputs, sorted({c.service for c in p.changes}), summary_line(p)
 
 
@@ -411,8 +419,8 @@ class PlatformProvider(dynamic.ResourceProvider):
             return dynamic.CheckResult(news, [])     # a preview before the hosts exist: checked at `up`
         try:
             inputs = parse_inputs(news)
-        except ReconError as exc:
-            return dynamic.CheckResult(news, [dynamic.CheckFailure("spec", str(exc))])
+        except InputError as exc:
+            return dynamic.CheckResult(news, [dynamic.CheckFailure(p, r) for p, r in exc.problems])
         failures = [dynamic.CheckFailure(prop, p.render()) for prop, p in spec_problems(inputs)]
         normalised = {**news, **{k: v for k, v in inputs.as_props().items() if k in news and not rpc.is_rpc_secret(
             news[k])}}

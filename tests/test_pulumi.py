@@ -88,7 +88,9 @@ def test_check_reports_each_problem_with_its_spec_path(tmp_path: Path, artifacts
     failures = rp.PlatformProvider().check({}, {"spec": good, "targets": ["orchestrater"]}).failures
     assert [f.property for f in failures] == ["targets"] and "'orchestrator'" in failures[0].reason
     failures = rp.PlatformProvider().check({}, {"spec_files": [], "spec": None}).failures
-    assert len(failures) == 1 and "one is required" in failures[0].reason
+    assert [f.property for f in failures] == ["spec"] and "spec_files or spec is required" in failures[0].reason
+    failures = rp.PlatformProvider().check({}, {"spec_files": "x.yaml", "spec": good, "targets": "api"}).failures
+    assert sorted(f.property for f in failures) == ["spec", "targets"]
 
 
 def test_check_returns_the_normalised_inputs_and_passes_unknowns_through(tmp_path: Path, artifacts: Any) -> None:

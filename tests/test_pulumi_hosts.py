@@ -80,7 +80,7 @@ def test_provider_methods_create_diff_update_read_delete_on_a_real_host(
 
     # an update whose new release fails its health gate: rolled back, and the error says so
     m.versions["control-center"] = "5.0.2-unhealthy"
-    with pytest.raises(Exception, match=r"node1/control-center: rolled-back .*rolled back to 5\.0\.1") as bad:
+    with pytest.raises(rp.PlatformError, match=r"node1/control-center: rolled-back .*rolled back to 5\.0\.1") as bad:
         provider.update(created.id, updated, provider.check(updated, {"spec": m.doc(), "state": state}).inputs)
     assert "Apply failed:" in str(bad.value) and CANARY not in str(bad.value)
     assert _version(testhost, 8081) == "5.0.1"
@@ -98,7 +98,7 @@ def test_provider_methods_create_diff_update_read_delete_on_a_real_host(
 
     # a create whose release fails its health gate: the error names the service and the rollback
     m.versions["control-center"] = "5.0.2-unhealthy"
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(rp.PlatformError) as failed:
         provider.create(provider.check({}, {"spec": m.doc(), "state": state}).inputs)
     text = str(failed.value)
     assert "node1/control-center: failed" in text and "no earlier release recorded healthy, service stopped" in text
