@@ -20,6 +20,7 @@ from hosttools import REPO, Mini
 from pulumi.runtime import rpc
 
 from reconciler import pulumi as rp
+from reconciler import pulumi_steps as steps
 
 
 class _FakeHost:
@@ -62,7 +63,7 @@ def test_whole_floats_from_grpc_become_ints_again(tmp_path: Path, artifacts: Any
     assert type(orch["health"]["interval_s"]) is int         # a duration: 1 s either way
     assert inputs.spec["services"]["control-center"]["reload"] == {"signal": "HUP"}
     assert type(inputs.hosts["node1"]["port"]) is int
-    assert rp.spec_problems(inputs) == []
+    assert steps.spec_problems(inputs) == []
 
 
 def test_check_reports_each_problem_with_its_spec_path(tmp_path: Path, artifacts: Any) -> None:
@@ -136,6 +137,9 @@ def test_recon_never_imports_pulumi(tmp_path: Path) -> None:
     probe = ("import sys\nfrom reconciler.cli import main\ntry:\n    main(sys.argv[1:], prog_name='recon')\n"
              "except SystemExit:\n    pass\nprint('PULUMI=' + str(any(m.split('.')[0] == 'pulumi' "
              "for m in sys.modules)), file=sys.stderr)\n")
+    # nor does the process a provider step runs in (it imports recon's side of the steps only)
+    code = "import sys, reconciler.pulumi_steps; print(any(m.split('.')[0] == 'pulumi' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     for args in (["--help"], ["validate", "-f", str(REPO / "specs/platform.yaml")]):
         res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=REPO)
         assert "PULUMI=False" in res.stderr, res.stderr
@@ -191,6 +195,6 @@ def test_the_example_program_puts_the_platform_on_the_vm_address(mocks: _Mocks) 
     assert "__provider" in res.inputs        # the pickled provider travels with the inputs
     # the spec the program names is one recon accepts, with the VM's address merged over the spec's
     inputs = rp.parse_inputs({k: v for k, v in res.inputs.items() if k != "__provider"})
-    problems = [p.render() for _, p in rp.spec_problems(inputs)]
+    problems = [p.render() for _, p in steps.spec_problems(inputs)]
     assert all("ssh_key" in p or "known_hosts" in p or "secret" in p for p in problems), problems
     json.dumps(res.inputs["hosts"])
