@@ -171,7 +171,7 @@ def spec_problems(inputs: PlatformInputs) -> list[tuple[str, Problem]]:
     out = []
     for p in problems:
         file = p.origin.file if p.origin else ""
-        if file == INPUT_SPEC:
+        if file == INPUT_SPEC or (inputs.spec is not None and file not in (INPUT_HOSTS, "targets")):
             prop = "spec" + (f".{p.path}" if p.path else "")
         elif file == INPUT_HOSTS:
             prop = p.path or "hosts"

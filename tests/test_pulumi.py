@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import runpy
 import subprocess
@@ -195,6 +194,14 @@ def test_the_example_program_puts_the_platform_on_the_vm_address(mocks: _Mocks) 
     assert "__provider" in res.inputs        # the pickled provider travels with the inputs
     # the spec the program names is one recon accepts, with the VM's address merged over the spec's
     inputs = rp.parse_inputs({k: v for k, v in res.inputs.items() if k != "__provider"})
-    problems = [p.render() for _, p in steps.spec_problems(inputs)]
-    assert all("ssh_key" in p or "known_hosts" in p or "secret" in p for p in problems), problems
-    json.dumps(res.inputs["hosts"])
+    assert [p.render() for _, p in steps.spec_problems(inputs)] == []
+
+
+def test_destroy_refuses_to_take_a_service_away_from_one_that_stays(tmp_path: Path, artifacts: Any) -> None:
+    from reconciler.errors import ReconError
+    from reconciler.runner import DestroyRequest, run_destroy
+
+    spec = Mini(tmp_path, [_FakeHost()], artifacts).write()  # type: ignore[list-item]
+    req = DestroyRequest(files=(str(spec),), services=("orchestrator",), state=str(tmp_path / "state"))
+    with pytest.raises(ReconError, match="not removing orchestrator: control-center stays and depends on it"):
+        run_destroy(req, None)  # type: ignore[arg-type]
