@@ -112,9 +112,9 @@ class PlatformProvider(dynamic.ResourceProvider):
         except InputError as exc:
             return dynamic.CheckResult(news, [dynamic.CheckFailure(p, r) for p, r in exc.problems])
         failures = [dynamic.CheckFailure(prop, p.render()) for prop, p in steps.spec_problems(inputs)]
-        normalised = {**news, **{k: v for k, v in inputs.as_props().items() if k in news and not rpc.is_rpc_secret(
-            news[k])}}
-        return dynamic.CheckResult(normalised, failures)
+        # the inputs as recon reads them (ints again) become the stored inputs; a secret one stays wrapped
+        plain = {k: v for k, v in inputs.as_props().items() if k in news and not rpc.is_rpc_secret(news[k])}
+        return dynamic.CheckResult({**news, **plain}, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> PlatformDiff:
         if has_unknowns({k: v for k, v in news.items() if not k.startswith("__")}):
@@ -154,7 +154,7 @@ class Platform(dynamic.Resource, module="recon", name="Platform"):
     """The platform's services on hosts, as one Pulumi resource: `pulumi preview` shows recon's plan,
     `pulumi up` applies it (health-gated, automatic rollback), `pulumi destroy` removes the services."""
 
-    versions: pulumi.Output[dict[str, dict[str, str]]]
+    versions: pulumi.Output[dict[str, dict[str, str | None]]]   # None: the service does not run
     serial: pulumi.Output[int]
     summary: pulumi.Output[str]
 
