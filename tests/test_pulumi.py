@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc_env  # noqa: F401  (before pulumi: grpc's fork support off, see there)
 import pulumi
 import pytest
 from hosttools import REPO, Mini

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc_env  # noqa: F401  (before pulumi: grpc's fork support off, see there)
 import pytest
 from hosttools import CANARY, NAMES, Mini, _exec, _run_in
 
@@ -130,14 +131,10 @@ def _plain(struct: Any) -> dict[str, Any]:
 def test_the_provider_through_the_dynamic_provider_grpc_server(testhost: TestHost, tmp_path: Path,
                                                                artifacts: Any) -> None:
     import grpc
-    from gevent import monkey
     from pulumi.dynamic.dynamic import serialize_provider
     from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
-    if monkey.is_module_patched("socket"):   # the fixtures import recon's transport: gevent patched this process
-        import grpc.experimental.gevent
-
-        grpc.experimental.gevent.init_gevent()
+    assert os.environ.get("GRPC_ENABLE_FORK_SUPPORT") == "false"      # see grpc_env
     m = Mini(tmp_path, [testhost], artifacts)
     state = str(tmp_path / "state")
     spec = m.doc()
