@@ -870,3 +870,50 @@ def run_state_migrate(req: StateMigrateRequest) -> StateMigrateResult:
     finally:
         src.close()
         dst.close()
+
+
+# ------------------------------------------------------------------------------------------- destroy
+@dataclass(frozen=True)
+class DestroyRequest:
+    files: tuple[str, ...]
+    services: tuple[str, ...] = ()   # none: every service of the spec
+    hosts: tuple[str, ...] = ()
+    lock_timeout: float = 0.0
+    state: str | None = None
+
+
+def run_destroy(req: DestroyRequest, ui: ApplyUI) -> ApplyRunResult:
+    """Remove the spec's services (or the named ones) from their hosts, as if they had been taken out of
+    the spec: the plan's delete path, so only what recon recorded creating goes, under the same ownership
+    rules (nothing recon did not create is touched). A service that stays and depends on one that goes is
+    refused. Used by the Pulumi provider's delete (`reconciler.pulumi`)."""
+    from reconciler import pipeline
+    from reconciler.apply import Applier
+    from reconciler.transport import Session
+
+    store = pipeline.open_store(req.state)
+    with store.lock(f"recon destroy {' '.join(req.services) or '--all'}", timeout=req.lock_timeout,
+                    hosts=lock_scope(store, req.files, req.hosts)):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
+                               store=store)
+        gone = set(req.services) or set(run.spec.services)
+        for name, svc in run.spec.services.items():
+            needs = sorted(set(svc.depends_on) & gone)
+            if name not in gone and needs:
+                raise ReconError(f"not removing {', '.join(needs)}: {name} stays and depends on it "
+                                 f"(remove {name} too)")
+        run.desired = {h: {n: d for n, d in svcs.items() if n not in gone} for h, svcs in run.desired.items()}
+        run.targets = gone
+        with Session(pipeline.hosts_in_scope(run)) as session:
+            pipeline.observe(run, session)
+            plan = pipeline.plan(run)
+            ui.show_plan(plan)
+            if plan.errors:
+                raise ReconError("not removing: some hosts could not be observed (see above)")
+            if plan.refused:
+                raise ReconError("not removing: recon refuses part of this plan (see above)")
+            if not plan.changes:
+                return ApplyRunResult(plan, None)
+            ui.confirm()
+            applier = Applier(run, plan, session, ui.on_event, command="destroy", auto_rollback=False)
+            return ApplyRunResult(plan, applier.execute())
