@@ -1,4 +1,5 @@
-"""Start the SSH logins of `recon plan`, `status` and `drift` before the spec is even parsed.
+"""Start the SSH logins of `recon plan`, `status`, `drift` and `logs` (without `--follow`) before the spec is
+even parsed.
 
 A converged plan's floor is one SSH login; Python's start, click, the spec load and its checks come
 before the logins otherwise (~0.1 s). So `python -m reconciler` / `recon` calls `start(argv)` first,
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from reconciler.spec.model import Host
 
-COMMANDS = ("plan", "status", "drift")   # the commands that observe through `pipeline.prepare(connect_early=True)`
+COMMANDS = ("plan", "status", "drift", "logs")   # those that observe through `pipeline.prepare(connect_early=True)`
+NOT_EARLY = ("--follow",)                        # ... except with these (`recon logs --follow` streams via pyinfra)
 FIELDS = ("address", "port", "user", "ssh_key", "known_hosts")
 KEEP = 256                                      # records kept in the cache directory
 CONNECT_TIMEOUT = 10                            # the logins started here use OpenSSHSession's default
@@ -93,7 +95,7 @@ def spec_files(args: Sequence[str]) -> list[str] | None:
 def cache_key(args: Sequence[str]) -> str | None:
     """A digest of the command line, the working directory, how observation goes, and the bytes of
     every spec file: equal digests name the same hosts. None for other commands or unreadable files."""
-    if not args or args[0] not in COMMANDS or any(a in ("-h", "--help") for a in args):
+    if not args or args[0] not in COMMANDS or any(a in ("-h", "--help", *NOT_EARLY) for a in args):
         return None
     files = spec_files(args[1:])
     if files is None:

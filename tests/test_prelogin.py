@@ -33,6 +33,8 @@ def test_the_cache_key_follows_the_command_line_and_every_spec_byte(tmp_path: Pa
     assert key is not None and key == prelogin.cache_key(["plan", "-f", "a.yaml"])
     assert prelogin.cache_key(["plan", "-f", "a.yaml", "--host", "n1"]) != key
     assert prelogin.cache_key(["status", "-f", "a.yaml"]) not in (None, key)
+    assert prelogin.cache_key(["logs", "-n", "50", "-f", "a.yaml"]) not in (None, key)
+    assert prelogin.cache_key(["logs", "-f", "a.yaml", "--follow"]) is None   # streams through pyinfra
     for other in (["apply", "-f", "a.yaml"], ["plan", "-f", "a.yaml", "--help"], ["plan", "-f", "gone.yaml"], []):
         assert prelogin.cache_key(other) is None, other
     (tmp_path / "a.yaml").write_text("version: 1 \n")
@@ -109,6 +111,12 @@ def test_a_second_plan_uses_the_logins_started_before_its_spec_was_read(testhost
     # a run that fails before observing (a secret missing) ends the login it started, and says why
     broken, seen = _probe(m, {k: v for k, v in env.items() if k != "VAULT_TOKEN"}, "plan", "--detailed-exitcode")
     assert broken.returncode == 1 and "VAULT_TOKEN" in broken.stderr and seen["left"] == [], broken.stderr
+    # `recon logs` (no --follow) reads through the same early login: its second run starts it at once
+    logs1, seen = _probe(m, env, "logs", "-n", "5")
+    assert logs1.returncode == 0 and seen == {"started": [], "spawned": 1, "left": []}, (logs1.stderr, seen)
+    logs2, seen = _probe(m, env, "logs", "-n", "5")
+    assert logs2.returncode == 0 and seen == {"started": ["node1"], "spawned": 0, "left": []}, (logs2.stderr, seen)
+    assert logs1.stdout.strip() and logs2.stdout.strip(), (logs1.stdout, logs2.stdout)
     # RECON_NO_CACHE: nothing started, nothing written
     off, seen = _probe(m, {**env, "RECON_NO_CACHE": "1"}, "plan", "--detailed-exitcode")
     assert off.returncode == 0 and seen["started"] == [] and seen["spawned"] == 1, seen
