@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.standin import build as standin_build
+from reconciler.standin.service import SECRET_NAME_RE
 
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 READY_TIMEOUT = 5.0
@@ -113,7 +114,9 @@ def run_standin(
     if port_flag:
         argv += ["--port", str(port)]
     argv += extra_args
-    full_env = {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV}
+    # as under systemd, the service sees none of the test runner's own secrets (PGPASSWORD of the PostgreSQL
+    # fixture, a CI token): only what the test gives it counts in `secrets_present`
+    full_env = {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV and not SECRET_NAME_RE.search(k.upper())}
     full_env.update(env or {})
     with open(err, "wb") as err_fh:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err_fh, env=full_env)
