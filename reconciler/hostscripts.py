@@ -10,7 +10,6 @@ import base64
 import posixpath
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 
 from reconciler import healthjson
 from reconciler.archive import TREESUM_FN, reserved_prefixes
@@ -131,8 +130,9 @@ def switch_steps(d: DesiredService, version: str) -> list[str]:
         f"ln -sfn releases/{q(version)} {q(d.service_dir)}/.current.tmp",
         f"mv -Tf {q(d.service_dir)}/.current.tmp {q(d.service_dir)}/current",
         f"ln -sfn {q(d.service_dir + '/current/' + d.service + '.toml')} {q(d.config_path)}",
-        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')} && "
-        f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)}",
+        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')}",     # each step its own line: `set -e`
+        f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)}",              # stops at a failed cp
+
     ]
 
 
@@ -154,8 +154,8 @@ def artifact_check(d: DesiredService) -> str:
 def unpack_script(d: DesiredService, tar_word: str) -> str:
     """Place an archive release from the checked tar at `tar_word` (a shell word, quoted by the caller;
     `archive.pack`): unpacked as root with its modes into a staging directory beside the releases
-    (`releases/.recon-stage-V`, which no glob of the observation or prune sees), recon's own files of an existing release directory (config, unit, their kept
-    copies) copied into it, then the staging directory takes the release directory's place (two renames). So the
+    (`releases/.recon-stage-V`, which no glob of the observation or prune sees), recon's own files of an existing
+    release directory (config, unit, their kept copies) copied into it, then the staging directory takes the release directory's place (two renames). So the
     same version placed again (another archive, a tree changed on the host) never leaves the live release half
     removed when the unpack fails. The tar and the staging are removed in any case. Nothing is switched."""
     rel = d.release_dir

@@ -350,7 +350,8 @@ def test_parent_directories_the_archive_does_not_list_are_part_of_the_tree(tmp_p
 
 
 def test_the_switch_refuses_a_tree_that_is_not_the_desired_one(tmp_path: Path) -> None:
-    """The check `operations.place_script` runs before switching: the tree digest on the host against the desired one."""
+    """The check `operations.place_script` runs before switching: the tree digest on the host against the
+    desired one."""
     from reconciler.hostscripts import artifact_check
 
     d = _desired(tmp_path, GOOD)
