@@ -154,10 +154,11 @@ def artifact_check(d: DesiredService) -> str:
 def unpack_script(d: DesiredService, tar_word: str) -> str:
     """Place an archive release from the checked tar at `tar_word` (a shell word, quoted by the caller;
     `archive.pack`): unpacked as root with its modes into a staging directory beside the releases
-    (`releases/.recon-stage-V`, which no glob of the observation or prune sees), recon's own files of an existing
-    release directory (config, unit, their kept copies) copied into it, then the staging directory takes the release directory's place (two renames). So the
-    same version placed again (another archive, a tree changed on the host) never leaves the live release half
-    removed when the unpack fails. The tar and the staging are removed in any case. Nothing is switched."""
+    (`releases/.recon-stage-V`, which no glob of the observation or prune sees), recon's own files of an
+    existing release directory (config, unit, their kept copies) copied into it, then the staging directory
+    takes the release directory's place (two renames). So the same version placed again (another archive, a
+    tree changed on the host) never leaves the live release half removed when the unpack fails. The tar and
+    the staging are removed in any case. Nothing is switched."""
     rel = d.release_dir
     base = f"{d.service_dir}/releases/.recon"
     mine = " ".join(f'"$rel"/{q(p)}*' for p in reserved_prefixes(d.service))
