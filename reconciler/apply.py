@@ -8,6 +8,7 @@ formatted here: every step is reported through an `on_event(Event)` callback.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from reconciler import operations as ops
 from reconciler.archive import load_archive
 from reconciler.desired import DesiredService, logrotate_text, sha256_text
 from reconciler.errors import ReconError
-from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
+from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Phase, PhaseTime, Result
 from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
 from reconciler.recorder import Recorder, last_healthy, previous_for, record_of, rollback_target
 from reconciler.state import RecordStatus, State
@@ -286,7 +287,9 @@ class Applier:
             size = sum(len(m[1]) for m in members)
             self.emit(EventKind.STEP, host, message=f"uploading {len(members)} files ({-(-size // 1024)} KiB)",
                       wave=wave)
+            t0 = time.monotonic()
             up = self.session.execute(host, ops.upload_wave._inner(members, token))
+            self.timed(host, wave, Phase.UPLOAD, t0)
             if not up.ok:
                 for c, it in items:
                     detail = (self.lost_detail(host, c, "nothing was switched", f"release {it.d.version} was not "
@@ -299,8 +302,10 @@ class Applier:
         for c, it in items:
             self.fallback[(host, c.service)] = rollback_target(before[c.service], self._kept(host, c.service))
             self.recorder.record(it.d, RecordStatus.IN_PROGRESS, self._previous(host, c))
+        t0 = time.monotonic()
         res = self.session.execute(host, ops.place_wave._inner([it for _, it in items], token, members),
                                    stdin=ops.secrets_stdin([it for _, it in items]))
+        self.timed(host, wave, Phase.SWITCH, t0)
         if res.lost:
             self.lost.setdefault(host, res.stderr)
         placed = ops.parse_place(res.stdout + "\n" + res.stderr)
@@ -350,6 +355,13 @@ class Applier:
             return errors
         return f"preparing the release failed: {errors}{removed}; nothing was switched"
 
+    def timed(self, host: str, wave: int, phase: Phase, since: float) -> float:
+        """Keep how long a phase of a wave took on a host (`ApplyResult.phases`); returns now."""
+        now = time.monotonic()
+        with self.recorder.lock:
+            self.result.phases.append(PhaseTime(host, wave, phase, now - since))
+        return now
+
     def _artifact(self, d: DesiredService) -> bytes:
         if d.service + d.version not in self.artifacts:
             svc = self.run.spec.services[d.service]
@@ -361,7 +373,13 @@ class Applier:
         releases of the healthy ones are pruned in it."""
         names = {it.d.service for it in items}
 
+        t0 = time.monotonic()
+        started = [t0]
+
         def progress(line: str) -> None:   # a failed probe while the gate waits: PROBE name code elapsed timeout
+            if line == "STARTED":
+                started[0] = self.timed(host, wave, Phase.START, t0)
+                return
             parts = line.split("\t")
             if len(parts) == 5 and parts[0] == "PROBE" and parts[1] in names:
                 answer = "no answer" if parts[2] in ("", "000") else f"HTTP {parts[2]}"
@@ -370,6 +388,7 @@ class Applier:
 
         res = self.session.execute(host, ops.start_wave._inner(items), on_line=progress,
                                    timeout=ops.timeout_of(items))
+        self.timed(host, wave, Phase.HEALTH, started[0])
         if res.lost:
             self.lost.setdefault(host, res.stderr)
         return hs.parse_results(res.stdout)

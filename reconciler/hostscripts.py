@@ -106,6 +106,7 @@ def bounce_script(services: Sequence[tuple[DesiredService, Effect]], enable: boo
                   f"okmark {q(d.service)}" for d in stopped]
     lines += bounce_lines([d.unit_name for d, e in running if e in (Effect.START, Effect.RESTART)],
                           [d.unit_name for d, e in running if e == Effect.RELOAD])
+    lines.append("echo STARTED")          # the health wait begins (apply times the two apart)
     lines += [check_line(d) + " &" for d, _ in running]
     lines.append("wait")
     return "\n".join(lines)
