@@ -8,24 +8,21 @@ formatted here: every step is reported through an `on_event(Event)` callback.
 
 from __future__ import annotations
 
-import io
-import logging
-import urllib.request
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from pyinfra.api.operation import add_op
-from pyinfra.api.state import StateStage
-from pyinfra.operations import files, systemd
 
 from reconciler import external, ownership
 from reconciler import hostscripts as hs
-from reconciler.archive import load_archive, pack
-from reconciler.desired import DesiredService, logrotate_text, release_entries, sha256_text
+from reconciler import operations as ops
+from reconciler.archive import load_archive
+from reconciler.desired import DesiredService, logrotate_text, sha256_text
 from reconciler.errors import ReconError
-from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Result
+from reconciler.outcome import ApplyResult, Event, EventKind, Outcome, Phase, PhaseTime, Result
 from reconciler.plan import Action, Change, Effect, Part, Plan, dropin_field
 from reconciler.recorder import Recorder, last_healthy, previous_for, record_of, rollback_target
 from reconciler.state import RecordStatus, State
@@ -44,20 +41,9 @@ _SAME_RELEASE = (Action.UPDATE, Action.RELOAD)          # files of the running r
 
 
 def load_artifact(d: DesiredService, path: Path | None, url: str | None) -> bytes:
-    """The artifact's bytes, checked against the spec's sha256 before anything is uploaded."""
-    if d.archive_sha256:   # an archive: read (or downloaded) once per run, shared with the plan's tree digest
-        return load_archive(path, url, d.archive_sha256, d.service)
-    if path is not None:
-        data = path.read_bytes()
-    elif url:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            data = resp.read()
-    else:
-        raise ReconError(f"{d.service}: no artifact path or url")
-    got = sha256_text(data)
-    if got != d.sha256:
-        raise ReconError(f"{d.service}: artifact checksum mismatch (expected {d.sha256}, got {got})")
-    return data
+    """The artifact's bytes (a binary or an archive), read or downloaded once per run and checked against the
+    spec's sha256 before anything is uploaded."""
+    return load_archive(path, url, d.archive_sha256 or d.sha256, d.service)
 
 
 class Applier:
@@ -77,30 +63,11 @@ class Applier:
         self.recorder = Recorder(run.store, run.state, run.salt, command)
         self.result = ApplyResult()
         self.artifacts: dict[str, bytes] = {}
-        st = session.state
-        assert st is not None, "the session is not open"
-        st.set_stage(StateStage.Execute)
-        st.is_executing = True
-        self._op_seq = 0
         self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to
-        self.op_errors = _OpErrors()
         self.lost: dict[str, str] = {}   # hosts whose connection went away mid-apply, and the error
         self.externals_seen: dict[tuple[str, str], external.ExternalHealth] = {}   # (host, name): probed once
-        logging.getLogger("pyinfra").addHandler(self.op_errors)
 
-    # --- pyinfra operations ------------------------------------------------------------------------
-    def op(self, host: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        """Run one pyinfra operation on one host now; raise on failure."""
-        self._op_seq += 1
-        h = self.session.by_name[host]
-        self.session.commands[host] = self.session.commands.get(host, 0) + 1
-        try:
-            add_op(self.session.state, fn, *args, host=h, name=f"recon {self._op_seq} {host}", **kwargs)
-        except Exception as exc:
-            what = getattr(fn, "__name__", "operation")
-            detail = self.op_errors.last(h.name) or _short(exc)
-            raise ReconError(f"{what} failed: {detail}") from None
-
+    # --- commands -------------------------------------------------------------------------------
     def sh(self, host: str, script: str, timeout: int | None = None, stdin: str | None = None) -> tuple[bool, str]:
         res = self.session.run(host, script, timeout=timeout, stdin=stdin)
         if res.lost:
@@ -126,15 +93,6 @@ class Applier:
         self.on_event(Event(kind, host, service, message, wave))
 
     # --- state (written through the recorder) ---------------------------------------------------
-    def ensure(self, host: str, d: DesiredService) -> None:
-        """Create the service's missing account, group and directories (never modifying existing ones)
-        and record what was created: its own directories with its record, the rest per host."""
-        ok, out = self.sh(host, hs.ensure_script(d, self.recorder.mine(host, d.service)))
-        self.recorder.ensured(host, d, ownership.parse_marks(out, "CREATED"))
-        if not ok:
-            lines = [x for x in out.splitlines() if not x.startswith("CREATED\t")]
-            raise ReconError("; ".join(lines) or "creating the account and directories failed")
-
     def outcome(self, c: Change, result: Result, detail: str = "") -> None:
         with self.recorder.lock:
             self.result.outcomes.append(Outcome(c.address, c.action, result, detail, c.from_version, c.to_version))
@@ -251,67 +209,189 @@ class Applier:
                 ok = self.delete(host, c) and ok
         return ok
 
-    # --- one wave on one host --------------------------------------------------------------------
+    # --- one wave on one host: three commands (reconciler.operations) ------------------------------
     def apply_wave(self, host: str, wave: int, changes: list[Change], desired: dict[str, DesiredService]) -> bool:
+        """Upload the wave's files in one tar, place and switch them in one command, then start the services
+        and wait for their health in one more (`operations.upload_wave`, `place_wave`, `start_wave`)."""
         failed: list[Change] = self.refuse_for_externals(host, wave, changes)
-        ready: list[Change] = []
+        items: list[tuple[Change, ops.WaveItem]] = []
         for c in changes:
             if c in failed:
                 continue
             d = desired[c.service]
+            self.emit(EventKind.STEP, host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
             try:
-                self.stage_files(host, c, d)
-                ready.append(c)
-            except Exception as exc:
-                if self.connection_lost(host):
-                    detail = self.lost_detail(host, c, "nothing was switched",
-                                          f"release {d.version} is not complete on the host (it is not used)")
-                else:
-                    detail = self.staging_failed(host, c, d, exc)
+                items.append((c, self.wave_item(host, c, d)))
+            except ReconError as exc:      # the artifact cannot be read or does not match: nothing was sent
+                detail = f"preparing the release failed: {exc}; nothing was switched"
                 self.emit(EventKind.FAIL, host, c.service, detail, wave)
                 self.outcome(c, Result.FAILED, detail)
                 failed.append(c)
-        if ready:
-            try:
-                self.activate(host, ready, desired)
-            except Exception as exc:
-                lost = self.connection_lost(host)
-                for c in ready:
-                    detail = self.lost_detail(
-                        host, c, f"release {desired[c.service].version} uploaded; switching to it began (recorded "
-                        "as in-progress)", "the switch may be incomplete; no restart, no health check"
-                    ) if lost else f"switching failed: {_short(exc)}"
-                    self.emit(EventKind.FAIL, host, c.service, detail, wave)
-                    self.outcome(c, Result.FAILED, detail)
-                return False
-            results = self.bounce_and_check(host, ready, desired)
-            lost = None if all(c.service in results for c in ready) else self.connection_lost(host)
-            for c in ready:
-                d = desired[c.service]
-                good, detail = results.get(c.service, (False, "no result"))
-                if lost and c.service not in results:
-                    prev = c.from_version if c.from_version and c.from_version != d.version else None
-                    detail = self.lost_detail(
-                        host, c, f"release {d.version} installed and switched to, {d.unit_name} "
-                        f"{'reloaded' if c.effect == Effect.RELOAD else 'restarted'} (recorded as in-progress)",
-                        "the health check has no result" + (f", and no rollback to {prev} was tried" if prev and
-                                                            self.auto_rollback else ""))
-                    failed.append(c)
-                    self.emit(EventKind.FAIL, host, c.service, detail, wave)
-                    self.outcome(c, Result.FAILED, detail)
-                    continue
-                if good:
-                    # an in-place change kept the release's earlier files beside it: `recon rollback` undoes it
-                    self.recorder.record(d, RecordStatus.APPLIED, self._previous(host, c),
-                                         in_place=c.action in _SAME_RELEASE)
-                    self.prune(host, d)
-                    self.emit(EventKind.OK, host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
-                    self.outcome(c, _DONE[c.action], detail)
-                else:
-                    failed.append(c)
-                    self.emit(EventKind.FAIL, host, c.service, f"health check failed: {detail}", wave)
-                    self.handle_failure(host, c, d, detail, wave)
+        if not items:
+            return not failed
+        switched = self.place(host, wave, items)
+        ready = [(c, it) for c, it in items if c.service in switched]
+        failed += [c for c, _ in items if c.service not in switched]
+        if not ready:
+            return False
+        results = self.start(host, wave, [it for _, it in ready])
+        lost = None if all(c.service in results for c, _ in ready) else self.connection_lost(host)
+        for c, _ in ready:
+            d = desired[c.service]
+            good, detail = results.get(c.service, (False, "no result"))
+            if lost and c.service not in results:
+                prev = c.from_version if c.from_version and c.from_version != d.version else None
+                detail = self.lost_detail(
+                    host, c, f"release {d.version} installed and switched to, {d.unit_name} "
+                    f"{'reloaded' if c.effect == Effect.RELOAD else 'restarted'} (recorded as in-progress)",
+                    "the health check has no result" + (f", and no rollback to {prev} was tried" if prev and
+                                                        self.auto_rollback else ""))
+                failed.append(c)
+                self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                self.outcome(c, Result.FAILED, detail)
+                continue
+            if good:
+                # an in-place change kept the release's earlier files beside it: `recon rollback` undoes it
+                self.recorder.record(d, RecordStatus.APPLIED, self._previous(host, c),
+                                     in_place=c.action in _SAME_RELEASE)
+                self.emit(EventKind.OK, host, c.service, f"{_DONE[c.action]}{_ver(c)}, healthy ({detail})", wave)
+                self.outcome(c, _DONE[c.action], detail)
+            else:
+                failed.append(c)
+                self.emit(EventKind.FAIL, host, c.service, f"health check failed: {detail}", wave)
+                self.handle_failure(host, c, d, detail, wave)
         return not failed
+
+    def wave_item(self, host: str, c: Change, d: DesiredService) -> ops.WaveItem:
+        """What the wave does with one change's service (`operations.WaveItem`), from the plan and the observation."""
+        files = c.action in (*_NEW_RELEASE, *_SAME_RELEASE)
+        release = files and (c.action in _NEW_RELEASE or any(f.part == Part.RELEASE for f in c.fields))
+        obs = self.run.observed.get(host)
+        o = obs.services.get(d.service) if obs else None
+        # a release this apply starts: not on the host before, or there without the right artifact (a partial
+        # upload of an earlier run); never the live one. Removed again when staging it fails.
+        new_release = c.action in _NEW_RELEASE and (o is None or (
+            d.version != o.current and (d.version not in o.releases or o.want_binary_sha != d.sha256)))
+        keep = {d.version} | ({p} if (p := self._previous(host, c)) else set())
+        return ops.WaveItem(d, c.effect, release=release, files=files, in_place=c.action in _SAME_RELEASE,
+                            new_release=new_release, mine=frozenset(self.recorder.mine(host, d.service)),
+                            dropins=tuple(self._dropins_to_remove(host, c)), keep=frozenset(keep),
+                            artifact=self._artifact(d) if release else b"")
+
+    def place(self, host: str, wave: int, items: list[tuple[Change, ops.WaveItem]]) -> set[str]:
+        """Upload and place the wave's files, then switch (records written before anything is switched).
+        Returns the services switched; every other one has its outcome (failed, and why)."""
+        token = uuid.uuid4().hex[:16]
+        members = ops.upload_members([it for _, it in items])
+        if members:
+            size = sum(len(m[1]) for m in members)
+            self.emit(EventKind.STEP, host, message=f"uploading {len(members)} files ({-(-size // 1024)} KiB)",
+                      wave=wave)
+            t0 = time.monotonic()
+            up = self.session.execute(host, ops.upload_wave._inner(members, token))
+            self.timed(host, wave, Phase.UPLOAD, t0)
+            if not up.ok:
+                for c, it in items:
+                    detail = (self.lost_detail(host, c, "nothing was switched", f"release {it.d.version} was not "
+                                               "uploaded") if self.connection_lost(host) else
+                              f"uploading the release failed: {_short_text(up.stderr)}; nothing was switched")
+                    self.emit(EventKind.FAIL, host, c.service, detail, wave)
+                    self.outcome(c, Result.FAILED, detail)
+                return set()
+        before = {c.service: self.state.record(host, c.service) for c, _ in items}
+        for c, it in items:
+            self.fallback[(host, c.service)] = rollback_target(before[c.service], self._kept(host, c.service))
+            self.recorder.record(it.d, RecordStatus.IN_PROGRESS, self._previous(host, c))
+        t0 = time.monotonic()
+        res = self.session.execute(host, ops.place_wave._inner([it for _, it in items], token, members),
+                                   stdin=ops.secrets_stdin([it for _, it in items]))
+        self.timed(host, wave, Phase.SWITCH, t0)
+        if res.lost:
+            self.lost.setdefault(host, res.stderr)
+        placed = ops.parse_place(res.stdout + "\n" + res.stderr)
+        for c, it in items:
+            self.recorder.ensured(host, it.d, placed.created.get(c.service, []))
+        switched = set(placed.switched) if placed.reloaded else set()
+        for c, it in items:
+            if c.service in switched:
+                continue
+            errors = "; ".join(placed.errors.get(c.service, [])) or _short_text(res.stderr) or "no output"
+            if res.lost or (not res.ok and not placed.errors and self.connection_lost(host)):
+                what = ("switching to it began (recorded as in-progress)" if c.service in placed.staged else
+                        "nothing was switched")
+                detail = self.lost_detail(host, c, f"release {it.d.version} uploaded; {what}",
+                                          "the switch may be incomplete; no restart, no health check")
+            elif c.service not in placed.staged:
+                self.recorder.restore(host, c.service, before[c.service])   # nothing of it was switched
+                detail = self.staging_failed(host, c, it, errors, placed.df.get(c.service, ""),
+                                             len(it.artifact))
+            elif c.service in placed.switched:
+                detail = "switching failed: systemctl daemon-reload failed"
+            else:
+                detail = f"switching failed: {errors}"
+            self.emit(EventKind.FAIL, host, c.service, detail, wave)
+            self.outcome(c, Result.FAILED, detail)
+        return switched
+
+    def staging_failed(self, host: str, c: Change, it: ops.WaveItem, errors: str, df_line: str, size: int) -> str:
+        """Why staging a service failed, saying so when the host has no space left for it (from the `df -Pk` of
+        its release directory). A release this apply created was removed by the place command."""
+        d = it.d
+        removed = f"; the partial release {d.release_dir} was removed" if it.new_release else ""
+        need = (size if c.action in _NEW_RELEASE else 0) + len(d.config_text) + len(d.unit_text) + (
+            len(d.secrets_text) if d.secret_names else 0)
+        fields = df_line.split()
+        avail = int(fields[3]) * 1024 if len(fields) >= 6 and fields[3].isdigit() else None
+        if avail is not None and (avail < need + 4096 or "No space left" in errors):
+            mount = " ".join(fields[5:])
+            obs = self.run.observed.get(host)
+            o = obs.services.get(d.service) if obs else None
+            before = (f"{d.service} was not installed" if c.action == Action.CREATE else
+                      f"{d.service} still runs {o.current}" if o and o.current else f"{d.service} is as it was")
+            return (f"no space left on {host} at {d.release_dir}: {avail // 1024} KiB free on {mount}, release "
+                    f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
+                    f"space on {mount} on {host}, then run `recon apply` again")
+        if errors.startswith("refused: ") or "refused: " in errors:
+            return errors
+        return f"preparing the release failed: {errors}{removed}; nothing was switched"
+
+    def timed(self, host: str, wave: int, phase: Phase, since: float) -> float:
+        """Keep how long a phase of a wave took on a host (`ApplyResult.phases`); returns now."""
+        now = time.monotonic()
+        with self.recorder.lock:
+            self.result.phases.append(PhaseTime(host, wave, phase, now - since))
+        return now
+
+    def _artifact(self, d: DesiredService) -> bytes:
+        if d.service + d.version not in self.artifacts:
+            svc = self.run.spec.services[d.service]
+            self.artifacts[d.service + d.version] = load_artifact(d, svc.artifact_path, svc.artifact_url)
+        return self.artifacts[d.service + d.version]
+
+    def start(self, host: str, wave: int, items: list[ops.WaveItem]) -> dict[str, tuple[bool, str]]:
+        """Start/restart/reload the wave's services and wait for their health, in one command; the old
+        releases of the healthy ones are pruned in it."""
+        names = {it.d.service for it in items}
+
+        t0 = time.monotonic()
+        started = [t0]
+
+        def progress(line: str) -> None:   # a failed probe while the gate waits: PROBE name code elapsed timeout
+            if line == "STARTED":
+                started[0] = self.timed(host, wave, Phase.START, t0)
+                return
+            parts = line.split("\t")
+            if len(parts) == 5 and parts[0] == "PROBE" and parts[1] in names:
+                answer = "no answer" if parts[2] in ("", "000") else f"HTTP {parts[2]}"
+                self.emit(EventKind.WAIT, host, parts[1], f"waiting for health: {answer} ({parts[3]}s of {parts[4]}s)",
+                          wave)
+
+        res = self.session.execute(host, ops.start_wave._inner(items), on_line=progress,
+                                   timeout=ops.timeout_of(items))
+        self.timed(host, wave, Phase.HEALTH, started[0])
+        if res.lost:
+            self.lost.setdefault(host, res.stderr)
+        return hs.parse_results(res.stdout)
 
     def refuse_for_externals(self, host: str, wave: int, changes: list[Change]) -> list[Change]:
         """Before a wave starts services that depend on externals: probe those externals from this host (once
@@ -357,112 +437,6 @@ class Applier:
         o = obs.services.get(c.service) if obs else None
         listed = {f.path for f in c.fields}
         return sorted(p for p in (o.dropins if o else {}) if dropin_field(p) in listed)
-
-    def stage_files(self, host: str, c: Change, d: DesiredService) -> None:
-        """Upload what the change needs into the release directory; nothing is switched yet."""
-        self.emit(EventKind.STEP, host, c.service, f"{c.action}: preparing release {d.version}", c.wave)
-        needs_files = c.action in (*_NEW_RELEASE, *_SAME_RELEASE)
-        self.ensure(host, d)
-        if not needs_files:
-            return
-        release_bin = d.binary_path
-        if c.action in _NEW_RELEASE or any(f.part == Part.RELEASE for f in c.fields):
-            if d.entrypoint:
-                self.put_tree(host, d)
-            else:
-                # files.put creates the release directory; the sha256 is checked on the host before switching
-                self.op(host, files.put, src=io.BytesIO(self._artifact(d)), dest=release_bin, mode="755")
-        cfg_in_release = f"{d.release_dir}/{d.service}.toml"
-        unit_in_release = f"{d.release_dir}/{d.unit_name}"
-        if c.action in _SAME_RELEASE:
-            # same release: keep what was there so an automatic rollback can put it back
-            # (umask 077 and no old copy to write into: the env file's copy is never readable by others)
-            self.sh(host, hs.keep_prev_script(d))
-        self.op(host, files.put, src=io.BytesIO(d.config_text.encode()), dest=cfg_in_release,
-                user="root", group=d.group, mode="640")
-        self.op(host, files.put, src=io.BytesIO(d.unit_text.encode()), dest=unit_in_release, mode="644")
-        if d.secret_names:
-            self.write_secrets(host, d)
-
-    def put_tree(self, host: str, d: DesiredService) -> None:
-        """An archive release: its checked entries (`desired.release_entries`) packed as one tar, uploaded beside
-        the releases and unpacked into the release directory (`hostscripts.unpack_script`); the tree digest is
-        checked on the host before switching, as a binary's sha256 is."""
-        tar_path = f"{d.service_dir}/.recon-upload-{d.version}.tar"
-        data = pack(release_entries(d, self._artifact(d)))
-        self.op(host, files.put, src=io.BytesIO(data), dest=tar_path, mode="600")
-        ok, out = self.sh(host, hs.unpack_script(d, tar_path))
-        if not ok:
-            raise ReconError(f"unpacking the release failed: {out or 'no output'}")
-
-    def write_secrets(self, host: str, d: DesiredService) -> None:
-        """The env file, 0600 and root's from its first byte (`hostscripts.env_file_script`). pyinfra's
-        files.put wrote it with the default mode, then chmodded."""
-        ok, out = self.sh(host, hs.env_file_script(d.env_path), stdin=hs.env_file_stdin(d.secrets_text))
-        if not ok:
-            raise ReconError(f"writing {d.env_path} failed: {out or 'no output'}")
-
-    def staging_failed(self, host: str, c: Change, d: DesiredService, exc: BaseException) -> str:
-        """After a failed upload: remove a release this apply created (never leave a partial one), and
-        say why it failed when the host has no space left for it. Nothing was switched yet."""
-        obs = self.run.observed.get(host)
-        o = obs.services.get(d.service) if obs else None
-        # a release this apply started: not on the host before, or there without the right binary (a
-        # partial upload of an earlier run); never the live one
-        new_release = c.action in _NEW_RELEASE and (o is None or (
-            d.version != o.current and (d.version not in o.releases or o.want_binary_sha != d.sha256)))
-        ok, out = self.sh(host, hs.staging_cleanup_script(d.release_dir, new_release))
-        removed = f"; the partial release {d.release_dir} was removed" if new_release and ok else ""
-        need = len(self.artifacts.get(d.service + d.version, b"")) if c.action in _NEW_RELEASE else 0
-        need += len(d.config_text) + len(d.unit_text) + (len(d.secrets_text) if d.secret_names else 0)
-        fields = out.split()
-        avail = int(fields[3]) * 1024 if ok and len(fields) >= 6 and fields[3].isdigit() else None
-        if avail is not None and avail < need + 4096:  # a little for the directory entries
-            mount = " ".join(fields[5:])
-            before = (f"{d.service} was not installed" if c.action == Action.CREATE else
-                      f"{d.service} still runs {o.current}" if o and o.current else f"{d.service} is as it was")
-            return (f"no space left on {host} at {d.release_dir}: {avail // 1024} KiB free on {mount}, release "
-                    f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
-                    f"space on {mount} on {host}, then run `recon apply` again")
-        return f"preparing the release failed: {_short(exc)}{removed}; nothing was switched"
-
-    def _artifact(self, d: DesiredService) -> bytes:
-        if d.service + d.version not in self.artifacts:
-            svc = self.run.spec.services[d.service]
-            self.artifacts[d.service + d.version] = load_artifact(d, svc.artifact_path, svc.artifact_url)
-        return self.artifacts[d.service + d.version]
-
-    def activate(self, host: str, changes: list[Change], desired: dict[str, DesiredService]) -> None:
-        """Record intent, switch `current` atomically, install units, one daemon-reload."""
-        for c in changes:
-            d = desired[c.service]
-            self.fallback[(host, c.service)] = rollback_target(self.state.record(host, c.service),
-                                                               self._kept(host, c.service))
-            self.recorder.record(d, RecordStatus.IN_PROGRESS, self._previous(host, c))
-        ok, out = self.sh(host, hs.activate_script([(desired[c.service], self._dropins_to_remove(host, c))
-                                                    for c in changes]))
-        if not ok:
-            raise ReconError(out or "switching releases failed")
-        self.op(host, systemd.daemon_reload)
-
-    def bounce_and_check(self, host: str, changes: list[Change], desired: dict[str, DesiredService]
-                         ) -> dict[str, tuple[bool, str]]:
-        """Start/restart/reload the wave's services and wait for their health, in one command."""
-        services = [(desired[c.service], c.effect) for c in changes]
-        waves = {c.service: c.wave for c in changes}
-
-        def progress(line: str) -> None:   # a failed probe while the gate waits: PROBE name code elapsed timeout
-            parts = line.split("\t")
-            if len(parts) == 5 and parts[0] == "PROBE" and parts[1] in waves:
-                answer = "no answer" if parts[2] in ("", "000") else f"HTTP {parts[2]}"
-                self.emit(EventKind.WAIT, host, parts[1], f"waiting for health: {answer} ({parts[3]}s of {parts[4]}s)",
-                          waves[parts[1]])
-
-        res = self.session.stream(host, hs.bounce_script(services, enable=True), progress,
-                                  timeout=hs.bounce_timeout([d for d, _ in services]))
-        if res.lost:
-            self.lost.setdefault(host, res.stderr)
-        return hs.parse_results(res.stdout)
 
     # --- failure handling ------------------------------------------------------------------------
     def handle_failure(self, host: str, c: Change, d: DesiredService, detail: str, wave: int) -> None:
@@ -635,33 +609,6 @@ class Applier:
         self.outcome(c, Result.FAILED, out)
         return False
 
-    def prune(self, host: str, d: DesiredService) -> None:
-        """Keep `keep_releases` newest plus the running and the previous release."""
-        rec = self.state.record(host, d.service)
-        keep = {d.version} | ({rec.previous_version} if rec and rec.previous_version else set())
-        self.sh(host, hs.prune_script(d.service_dir, keep, d.keep_releases))
-
-
-class _OpErrors(logging.Handler):
-    """Keeps pyinfra's error lines per host, so a failed operation says why."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: dict[str, list[str]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if msg.startswith("[") and "]" in msg:
-            host, text = msg[1:].split("]", 1)
-            text = text.strip()
-            if not text.startswith("Error: executed"):
-                self.lines.setdefault(host, []).append(text)
-
-    def last(self, host: str) -> str | None:
-        lines = self.lines.get(host)
-        return lines[-1] if lines else None
-
-
 def _ver(c: Change) -> str:
     if c.action == Action.REPLACE and c.from_version and c.to_version:
         return f" {c.from_version} → {c.to_version}"
@@ -673,3 +620,8 @@ def _ver(c: Change) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[-1] if text else type(exc).__name__)[:300]
+
+
+def _short_text(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else "")[:300]

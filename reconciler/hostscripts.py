@@ -10,17 +10,16 @@ import base64
 import posixpath
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 
 from reconciler import healthjson
 from reconciler.archive import TREESUM_FN, reserved_prefixes
 from reconciler.desired import DesiredService
-from reconciler.ownership import delete_script, ensure_script, prune_script
+from reconciler.ownership import delete_script, ensure_body, ensure_prelude, ensure_script, prune_script
 from reconciler.plan import Effect
 
-__all__ = ["HEALTH_FN", "JOB_MODE", "activate_script", "binary_sha_script", "bounce_lines", "bounce_script",
-           "bounce_timeout",
-           "check_line", "delete_script", "drop_script", "ensure_script", "env_file_script", "env_file_stdin",
+__all__ = ["HEALTH_FN", "JOB_MODE", "artifact_check", "binary_sha_script", "bounce_lines", "bounce_script",
+           "bounce_timeout", "check_line", "delete_script", "drop_script", "ensure_body", "ensure_prelude",
+           "ensure_script", "env_file_stdin",
            "env_hash_script", "keep_prev_script", "parse_results", "prune_script", "read_script",
            "restore_script", "staging_cleanup_script", "stop_script", "switch_script", "switch_steps", "unpack_script"]
 
@@ -28,7 +27,8 @@ JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependen
 
 # `check NAME UNIT URL TIMEOUT INTERVAL STATUS [KEY CANONICAL SHOWN]...`: with fields after STATUS
 # (`health.expect_json`), the answer's body must also carry them (reconciler.healthjson's awk matcher).
-_CHECK_FN = r"""check() {
+_CHECK_FN = r"""okmark() { if [ -n "${RECON_OKDIR:-}" ]; then : > "$RECON_OKDIR/$1"; fi; }
+check() {
   n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6; shift 6
   start=$(date +%s); end=$((start + t))
   while :; do
@@ -36,7 +36,7 @@ _CHECK_FN = r"""check() {
       st=$(systemctl show -p ActiveState,SubState,Result --value "$u" | tr '\n' ' ')
       echo "RESULT	$n	fail	unit is ${st% }"; return
     fi
-    if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; return; fi
+    if [ -z "$url" ]; then echo "RESULT	$n	ok	active"; okmark "$n"; return; fi
     why=
     if [ $# -gt 0 ]; then
       out=$(curl -q -g -s --noproxy '*' -m 2 -w '\n%{http_code}' "$url" 2>/dev/null)
@@ -48,7 +48,7 @@ _CHECK_FN = r"""check() {
     fi
     now=$(date +%s)
     if [ "$code" = "$want" ] && [ -z "$why" ]; then
-      echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; return; fi
+      echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; okmark "$n"; return; fi
     if [ "$now" -ge "$end" ]; then
       echo "RESULT	$n	fail	HTTP ${code:-no answer}${why:+, $why} after ${t}s"; return; fi
     [ "$now" != "${said:-}" ] && said=$now && echo "PROBE	$n	${code:-000}${why:+, $why}	$((now - start))	$t"
@@ -102,9 +102,11 @@ def bounce_script(services: Sequence[tuple[DesiredService, Effect]], enable: boo
         lines.append(f"systemctl enable -q {' '.join(q(u) for u in units)} 2>&1 || true")
     if stopped:
         lines.append(f"systemctl disable -q --now {' '.join(q(d.unit_name) for d in stopped)} 2>&1 || true")
-        lines += [f"printf 'RESULT\\t%s\\tok\\t%s\\n' {q(d.service)} 'not started (run: stopped)'" for d in stopped]
+        lines += [f"printf 'RESULT\\t%s\\tok\\t%s\\n' {q(d.service)} 'not started (run: stopped)'; "
+                  f"okmark {q(d.service)}" for d in stopped]
     lines += bounce_lines([d.unit_name for d, e in running if e in (Effect.START, Effect.RESTART)],
                           [d.unit_name for d, e in running if e == Effect.RELOAD])
+    lines.append("echo STARTED")          # the health wait begins (apply times the two apart)
     lines += [check_line(d) + " &" for d, _ in running]
     lines.append("wait")
     return "\n".join(lines)
@@ -129,8 +131,9 @@ def switch_steps(d: DesiredService, version: str) -> list[str]:
         f"ln -sfn releases/{q(version)} {q(d.service_dir)}/.current.tmp",
         f"mv -Tf {q(d.service_dir)}/.current.tmp {q(d.service_dir)}/current",
         f"ln -sfn {q(d.service_dir + '/current/' + d.service + '.toml')} {q(d.config_path)}",
-        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')} && "
-        f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)}",
+        f"cp {q(rel + '/' + d.unit_name)} {q(d.unit_path + '.recon-tmp')}",     # each step its own line: `set -e`
+        f"mv -f {q(d.unit_path + '.recon-tmp')} {q(d.unit_path)}",              # stops at a failed cp
+
     ]
 
 
@@ -141,23 +144,7 @@ def switch_script(d: DesiredService, version: str) -> str:
                       *switch_steps(d, version), "systemctl daemon-reload"])
 
 
-def activate_script(changes: Sequence[tuple[DesiredService, Sequence[str]]]) -> str:
-    """A wave's switch on one host: for each service (with the drop-ins to remove), check the uploaded
-    artifact's sha256, switch to its release and drop run-time property changes. The caller daemon-reloads."""
-    parts = ["set -e", *([TREESUM_FN] if any(d.entrypoint for d, _ in changes) else [])]
-    for d, dropins in changes:
-        if dropins:
-            parts.append(f"rm -f -- {' '.join(q(p) for p in dropins)}")
-        parts.append(
-            _artifact_check(d) + " || "
-            f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}; "
-            + " && ".join([*switch_steps(d, d.version),
-                           f"rm -rf /etc/systemd/system.control/{q(d.unit_name)}.d "
-                           f"/run/systemd/system.control/{q(d.unit_name)}.d"]))
-    return "\n".join(parts)
-
-
-def _artifact_check(d: DesiredService) -> str:
+def artifact_check(d: DesiredService) -> str:
     """A test that the release's artifact on the host is the desired one: the binary's sha256, or for an archive
     release the tree digest (`archive.TREESUM_FN` defined before)."""
     if d.entrypoint:
@@ -165,19 +152,20 @@ def _artifact_check(d: DesiredService) -> str:
     return f"echo {q(d.sha256 + '  ' + d.binary_path)} | sha256sum -c --quiet -"
 
 
-def unpack_script(d: DesiredService, tar_path: str) -> str:
-    """Place an archive release from the checked tar uploaded at `tar_path` (`archive.pack`): unpacked as root
-    with its modes into a staging directory beside the releases (`releases/.recon-stage-V`, which no glob of the
-    observation or prune sees), recon's own files of an existing release directory (config, unit, their kept
-    copies) copied into it, then the staging directory takes the release directory's place (two renames). So the
-    same version placed again (another archive, a tree changed on the host) never leaves the live release half
-    removed when the unpack fails. The tar and the staging are removed in any case. Nothing is switched."""
+def unpack_script(d: DesiredService, tar_word: str) -> str:
+    """Place an archive release from the checked tar at `tar_word` (a shell word, quoted by the caller;
+    `archive.pack`): unpacked as root with its modes into a staging directory beside the releases
+    (`releases/.recon-stage-V`, which no glob of the observation or prune sees), recon's own files of an
+    existing release directory (config, unit, their kept copies) copied into it, then the staging directory
+    takes the release directory's place (two renames). So the same version placed again (another archive, a
+    tree changed on the host) never leaves the live release half removed when the unpack fails. The tar and
+    the staging are removed in any case. Nothing is switched."""
     rel = d.release_dir
     base = f"{d.service_dir}/releases/.recon"
     mine = " ".join(f'"$rel"/{q(p)}*' for p in reserved_prefixes(d.service))
     return "\n".join([
         "set -e",
-        f"up={q(tar_path)}; rel={q(rel)}; stage={q(f'{base}-stage-{d.version}')}; old={q(f'{base}-old-{d.version}')}",
+        f"up={tar_word}; rel={q(rel)}; stage={q(f'{base}-stage-{d.version}')}; old={q(f'{base}-old-{d.version}')}",
         """trap 'rm -f -- "$up"; rm -rf --one-file-system -- "$stage" "$old"' EXIT""",
         f"[ ! -L \"$rel\" ] || {{ echo 'the release directory {d.release_dir} is a symbolic link' >&2; exit 3; }}",
         'rm -rf --one-file-system -- "$stage" "$old"',
@@ -229,25 +217,9 @@ def drop_script(d: DesiredService, suffix: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- files
-def env_file_script(env_path: str) -> str:
-    """Write the env file 0600 and root's from its first byte: `mktemp` creates a 0600 file in the same
-    directory, the content arrives base64 on stdin (never on a command line, which `ps` shows everyone),
-    and a rename puts it in place."""
-    env = Path(env_path)
-    return "\n".join([
-        "set -e", "umask 077",
-        f"tmp=$(mktemp {q(str(env.parent / ('.' + env.name + '.recon-XXXXXX')))})",
-        "trap 'rm -f \"$tmp\"' EXIT",
-        'base64 -d > "$tmp"',
-        'chown root:root "$tmp"',
-        'chmod 600 "$tmp"',
-        f'mv -f "$tmp" {q(env_path)}',
-        "trap - EXIT",
-    ])
-
-
 def env_file_stdin(text: str) -> str:
-    """What env_file_script reads on stdin for an env file holding `text`."""
+    """An env file's content as it travels on stdin (base64: never on a command line, which `ps` shows everyone;
+    `operations.place_script` decodes it into a 0600 file)."""
     return base64.encodebytes(text.encode()).decode()
 
 

@@ -52,10 +52,28 @@ class Outcome:
     to_version: str | None = None
 
 
+class Phase(StrEnum):
+    """The parts of a wave on a host that `ApplyResult.phases` times (bench/apply_phases.py reads them)."""
+
+    UPLOAD = "upload"        # the one tar of the wave's files
+    SWITCH = "switch"        # the place command: checks, accounts and dirs, files, switch, daemon-reload
+    START = "start"          # enable + start/restart/reload, until systemctl returns
+    HEALTH = "health"        # from then until every health check of the wave has answered
+
+
+@dataclass
+class PhaseTime:
+    host: str
+    wave: int
+    phase: Phase
+    seconds: float
+
+
 @dataclass
 class ApplyResult:
     outcomes: list[Outcome] = field(default_factory=list)
     stopped: str | None = None       # why the rollout stopped early
+    phases: list[PhaseTime] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:

@@ -270,10 +270,19 @@ def ensure_script(d: DesiredService, mine: set[str]) -> str:
     home) and its directories (with owner and mode). Never modifies what exists, except the owner and
     mode of a data directory recon created (`mine`). Prints `CREATED<TAB>KIND<TAB>NAME` per thing created;
     exits 3 with `refused: …` when an existing account, group or path cannot be used."""
+    return ensure_prelude() + ensure_body(d, mine)
+
+
+def ensure_prelude() -> str:
+    """The shell functions `ensure_body` calls (define once, before any number of bodies)."""
+    return "\n".join(["set -u", guard_prelude(), _FIELDS, _MKD]) + "\n"
+
+
+def ensure_body(d: DesiredService, mine: set[str]) -> str:
+    """`ensure_script` for one service, after `ensure_prelude`."""
     q = shlex.quote
     u, g = q(d.user), q(d.group)
-    lines = ["set -u", guard_prelude(), _FIELDS,
-             f"ent=$(getent group {g}) || ent=",
+    lines = [f"ent=$(getent group {g}) || ent=",
              'if [ -z "$ent" ]; then',
              f"  groupadd --system {g} >&2 || refuse 'cannot create group '{g}",
              f"  printf 'CREATED\\tgroup\\t%s\\n' {g}",
@@ -289,8 +298,7 @@ def ensure_script(d: DesiredService, mine: set[str]) -> str:
              f'  [ "$f3" -gt {SYSTEM_UID_MAX} ] && refuse "account $f1 (uid $f3) is not a system account"',
              '  case ${f7:-/bin/sh} in ' + "|".join(NOLOGIN_SHELLS) + ') ;; *) refuse "account $f1 is a login '
              'account (shell ${f7:-/bin/sh})";; esac',
-             "fi",
-             _MKD]
+             "fi"]
     for spec in dirs_of(d):
         own = "1" if spec.path in mine and spec.role == "data" else "0"
         lines.append("mkd " + " ".join(q(x) for x in (spec.path, spec.owner, spec.group, spec.mode, spec.role, own)))

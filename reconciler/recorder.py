@@ -98,6 +98,18 @@ class Recorder:
     def _put(self, host: str, service: str, rec: ServiceRecord) -> None:
         self.state.hosts.setdefault(host, {})[service] = rec
 
+    def restore(self, host: str, service: str, rec: ServiceRecord | None) -> None:
+        """Put back a record as it was before this run recorded an intent that was not carried out (None: the
+        service had no record)."""
+        with self.lock:
+            if rec is None:
+                self.state.hosts.get(host, {}).pop(service, None)
+                if not self.state.hosts.get(host, True):
+                    self.state.hosts.pop(host, None)
+            else:
+                self._put(host, service, rec)
+            self._save()
+
     def set_status(self, host: str, service: str, status: RecordStatus, **changes: Any) -> None:
         """Change a service's record (no record: nothing to change)."""
         with self.lock:

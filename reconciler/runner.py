@@ -301,9 +301,7 @@ def run_plan(req: PlanRequest) -> PlanResult:
 def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
     """Lock, observe, plan (or check a saved plan is still current), confirm, apply."""
     from reconciler import pipeline
-    from reconciler.apply import Applier
     from reconciler.planfile import load_plan, stale_reasons
-    from reconciler.transport import Session
 
     saved: Plan | None = None
     files = req.files
@@ -314,31 +312,40 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
     with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout,
                     hosts=lock_scope(store, files, req.hosts)):
         run = pipeline.prepare(files, req.state, req.targets, req.hosts,
-                               lineage=saved.fingerprints.get("lineage") if saved is not None else None, store=store)
+                               lineage=saved.fingerprints.get("lineage") if saved is not None else None, store=store,
+                               connect_early=True)
+        # observed over OpenSSH as `recon plan` is (the login began while the spec loaded): a converged apply
+        # never starts pyinfra; its session opens only when there is something to do
+        pipeline.observe(run, warm=("reconciler.plan",))
+        plan = pipeline.plan(run)
+        if plan.errors:
+            ui.show_plan(plan)
+            raise ReconError("not applying: some hosts could not be observed (see above)")
+        if plan.refused:
+            ui.show_plan(plan)
+            raise ReconError("not applying: recon refuses part of this plan (see above)")
+        if saved is not None:
+            reasons = stale_reasons(saved.fingerprints, plan.fingerprints)
+            if not reasons and [(c.address, c.action) for c in saved.changes] != [
+                    (c.address, c.action) for c in plan.changes]:
+                reasons.append("the changes planned now differ from the saved plan")
+            if reasons:
+                raise ReconError(f"the saved plan {req.planfile} is stale:\n  " + "\n  ".join(reasons)
+                                 + "\nMake a new plan with `recon plan -o`.")
+        else:
+            ui.show_plan(plan)
+        settle_records(run, plan)
+        if not plan.changes:
+            return ApplyRunResult(plan, None, saved is not None)
+        if saved is None and not req.auto_approve:
+            ui.confirm()     # a saved plan is what was approved
+        from reconciler.apply import Applier  # pyinfra (and gevent's patching) only for a real apply
+        from reconciler.transport import Session
+
         with Session(pipeline.hosts_in_scope(run)) as session:
-            pipeline.observe(run, session)
-            plan = pipeline.plan(run)
-            if plan.errors:
-                ui.show_plan(plan)
-                raise ReconError("not applying: some hosts could not be observed (see above)")
-            if plan.refused:
-                ui.show_plan(plan)
-                raise ReconError("not applying: recon refuses part of this plan (see above)")
-            if saved is not None:
-                reasons = stale_reasons(saved.fingerprints, plan.fingerprints)
-                if not reasons and [(c.address, c.action) for c in saved.changes] != [
-                        (c.address, c.action) for c in plan.changes]:
-                    reasons.append("the changes planned now differ from the saved plan")
-                if reasons:
-                    raise ReconError(f"the saved plan {req.planfile} is stale:\n  " + "\n  ".join(reasons)
-                                     + "\nMake a new plan with `recon plan -o`.")
-            else:
-                ui.show_plan(plan)
-            settle_records(run, plan)
-            if not plan.changes:
-                return ApplyRunResult(plan, None, saved is not None)
-            if saved is None and not req.auto_approve:
-                ui.confirm()     # a saved plan is what was approved
+            missing = [h for h in session.errors if h in {c.host for c in plan.changes}]
+            if missing:
+                raise ReconError("not applying: " + "; ".join(session.errors[h] for h in missing))
             applier = Applier(run, plan, session, ui.on_event, command="apply", auto_rollback=req.auto_rollback)
             return ApplyRunResult(plan, applier.execute(), saved is not None)
 

@@ -18,14 +18,14 @@ import logging
 import os
 import shlex
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 from paramiko import BadHostKeyException
 from pyinfra.api import BaseStateCallback, Config, Inventory, State
-from pyinfra.api.command import StringCommand
+from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.api.connect import connect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
@@ -242,6 +242,39 @@ class Session:
             self.lost.add(name)
             return CommandResult(False, "", f"{type(exc).__name__}: {exc}", lost=True)
         return CommandResult(ok, out.stdout, out.stderr)
+
+    def put(self, name: str, src: Any, dest: str) -> CommandResult:
+        """Upload a file (a path or a file object) over the host's connector, SFTP over SSH (counted as one
+        round trip). A failure says why; a lost connection is marked as for `run`."""
+        host = self.by_name[name]
+        self.commands[name] = self.commands.get(name, 0) + 1
+        try:
+            ok = host.connector.put_file(src, dest)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            transport = getattr(getattr(host.connector, "client", None), "get_transport", lambda: None)()
+            if transport is None or not transport.is_active():
+                self.lost.add(name)
+                return CommandResult(False, "", text, lost=True)
+            return CommandResult(False, "", text)
+        return CommandResult(bool(ok) or ok is None, "", "" if ok or ok is None else f"uploading to {dest} failed")
+
+    def execute(self, name: str, commands: Iterable[Any], stdin: str | None = None,
+                on_line: Callable[[str], None] | None = None, timeout: int | None = None) -> CommandResult:
+        """Run the commands a pyinfra operation yields (`FileUploadCommand`, `StringCommand`), in order, one
+        round trip each; stop at the first that fails. `stdin` goes to the shell commands, `on_line` gets each
+        line of their output as it arrives (then they take no stdin)."""
+        res = CommandResult(True, "", "")
+        for cmd in commands:
+            if isinstance(cmd, FileUploadCommand):
+                res = self.put(name, cmd.src, cmd.dest)
+            elif on_line is not None:
+                res = self.stream(name, cmd.get_raw_value(), on_line, timeout=timeout)
+            else:
+                res = self.run(name, cmd.get_raw_value(), timeout=timeout, stdin=stdin)
+            if not res.ok:
+                break
+        return res
 
     def stream(self, name: str, command: str, on_line: Callable[[str], None], timeout: int | None = None
                ) -> CommandResult:

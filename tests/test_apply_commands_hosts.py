@@ -1,5 +1,5 @@
-"""How many remote commands an apply and a rollback send to a host (`Session.commands`: one per
-command or pyinfra operation), pinned so a refactoring of apply.py cannot add round trips unnoticed.
+"""How many remote commands an apply and a rollback send to a host over the pyinfra session
+(`Session.commands`: one per command or upload), pinned so a refactoring of apply.py cannot add round trips unnoticed.
 Real host over real SSH; recon runs in a subprocess (its transport gevent-patches the process)."""
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ def test_remote_commands_of_apply_update_failure_and_rollbacks(testhost: TestHos
     counts["rollback"] = _count(m, "rollback", "orchestrator")   # back to 5.0.0
     counts["undo"] = _count(m, "rollback", "mcp-server")         # the in-place config change undone
     assert counts == {
-        "fresh": (26, ["created", "created", "created"]),
-        "update": (26, ["updated", "reloaded", "updated"]),
-        "replace": (9, ["replaced"]),
-        "failed": (15, ["rolled-back"]),
+        # three waves: upload, place, start each (reconciler.operations); the observation goes over OpenSSH
+        "fresh": (9, ["created", "created", "created"]),
+        "update": (9, ["updated", "reloaded", "updated"]),
+        "replace": (3, ["replaced"]),
+        "failed": (9, ["rolled-back"]),     # 3, then the rollback: switch, bounce, 4 read-backs
         "rollback": (6, ["replaced"]),
         "undo": (7, ["replaced"]),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 import subprocess
 import tarfile
 from pathlib import Path
@@ -184,7 +185,7 @@ def test_the_unpack_script_replaces_the_tree_and_keeps_recons_files(tmp_path: Pa
         (rel / name).write_text("old")
     tar = tmp_path / "opt" / "up.tar"
     tar.write_bytes(archive.pack(release_entries(d, tarball(GOOD))))
-    subprocess.run(["/bin/sh", "-c", unpack_script(d, str(tar))], check=True, capture_output=True)
+    subprocess.run(["/bin/sh", "-c", unpack_script(d, shlex.quote(str(tar)))], check=True, capture_output=True)
     assert sorted(p.name for p in rel.iterdir()) == ["bin", "docs", "provisioning-web.service", "web.toml", "www"]
     assert (rel / "web.toml").read_text() == "old" and not tar.exists()
     assert _treesum(rel) == d.sha256
@@ -349,15 +350,16 @@ def test_parent_directories_the_archive_does_not_list_are_part_of_the_tree(tmp_p
 
 
 def test_the_switch_refuses_a_tree_that_is_not_the_desired_one(tmp_path: Path) -> None:
-    """The check `activate_script` runs before switching: the tree digest on the host against the desired one."""
-    from reconciler.hostscripts import _artifact_check
+    """The check `operations.place_script` runs before switching: the tree digest on the host against the
+    desired one."""
+    from reconciler.hostscripts import artifact_check
 
     d = _desired(tmp_path, GOOD)
     rel = Path(d.release_dir)
     rel.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-p", "-C", str(rel)], input=archive.pack(release_entries(d, tarball(GOOD))),
                    check=True)
-    check = archive.TREESUM_FN + "\n" + _artifact_check(d)
+    check = archive.TREESUM_FN + "\n" + artifact_check(d)
     assert subprocess.run(["/bin/sh", "-c", check]).returncode == 0
     (rel / "www" / "index.html").write_text("tampered")
     assert subprocess.run(["/bin/sh", "-c", check]).returncode != 0
@@ -375,7 +377,7 @@ def test_a_failed_unpack_leaves_the_release_as_it_was(tmp_path: Path) -> None:
     before = sorted(str(p.relative_to(rel)) for p in rel.rglob("*"))
     tar = tmp_path / "opt" / "up.tar"
     tar.write_bytes(b"this is not a tar" * 64)
-    res = subprocess.run(["/bin/sh", "-c", unpack_script(d, str(tar))], capture_output=True, text=True)
+    res = subprocess.run(["/bin/sh", "-c", unpack_script(d, shlex.quote(str(tar)))], capture_output=True, text=True)
     assert res.returncode != 0
     assert sorted(str(p.relative_to(rel)) for p in rel.rglob("*")) == before
     assert _treesum(rel) == d.sha256 and not tar.exists()

@@ -102,26 +102,11 @@ def test_switch_to_a_release_that_is_not_kept_changes_nothing(tmp_path: Path, sh
     assert _log(tmp_path) == ["daemon-reload"]
 
 
-def test_activate_checks_each_artifact_then_switches_with_the_same_steps(tmp_path: Path) -> None:
-    a, b = _svc(tmp_path, "api"), _svc(tmp_path, "web", version="3.0")
-    text = hs.activate_script([(a, []), (b, ["/etc/systemd/system/provisioning-web.service.d/50-x.conf"])])
-    lines = text.splitlines()
-    assert lines[0] == "set -e" and lines[2] == "rm -f -- /etc/systemd/system/provisioning-web.service.d/50-x.conf"
-    for line, d in ((lines[1], a), (lines[3], b)):
-        check, switch = line.split("exit 4; }; ", 1)
-        check += "exit 4; }"
-        assert check == (f"echo '{d.sha256}  {d.binary_path}' | sha256sum -c --quiet - || {{ echo 'the artifact "
-                         f"on the host does not match sha256 {d.sha256}' >&2; exit 4; }}")
-        assert switch == " && ".join([*hs.switch_steps(d, d.version), (
-            f"rm -rf /etc/systemd/system.control/{d.unit_name}.d /run/systemd/system.control/{d.unit_name}.d")])
-    assert len(lines) == 4 and "daemon-reload" not in text
-
-
-def test_activate_refuses_an_artifact_whose_sha256_differs(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
+def test_the_artifact_check_refuses_an_artifact_whose_sha256_differs(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
     good = hashlib.sha256(b"binary 2.0\n").hexdigest()
     d = _svc(tmp_path, sha256="1" * 64)
     _releases(tmp_path, d, ["2.0"])
-    check = hs.activate_script([(d, [])]).splitlines()[1].split("exit 4; }; ", 1)[0] + "exit 4; }"
+    check = hs.artifact_check(d) + " || { echo 'does not match sha256 " + d.sha256 + "' >&2; exit 4; }"
     res = sh(check)
     assert res.returncode == 4 and f"does not match sha256 {'1' * 64}" in res.stderr
     assert sh(check.replace("1" * 64, good)).returncode == 0
@@ -165,20 +150,6 @@ def test_restore_with_nothing_kept_exits_3_and_installs_nothing(tmp_path: Path, 
     res = sh("set -e\n" + hs.restore_script(d, ".prev"))
     assert res.returncode == 3 and "no earlier files are kept beside the running release" in res.stderr
     assert not Path(d.unit_path).exists() and _log(tmp_path) == []
-
-
-def test_env_file_is_written_0600_with_its_exact_bytes_from_stdin(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
-    d = _svc(tmp_path)
-    Path(d.env_path).parent.mkdir(parents=True)
-    text = 'A="x\\"y $z"\nB="\r tail "\n'
-    script = hs.env_file_script(d.env_path)
-    assert "tail" not in script               # the value comes on stdin, never on the command line
-    res = sh(script, stdin=hs.env_file_stdin(text))
-    assert res.returncode == 0, res.stderr
-    assert Path(d.env_path).read_bytes() == text.encode()
-    st = os.stat(d.env_path)
-    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
-    assert sorted(os.listdir(Path(d.env_path).parent)) == ["api.env"]    # no temp file left
 
 
 def test_env_hash_is_the_observations_salted_fingerprint(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
