@@ -1,5 +1,7 @@
-"""A fresh `recon apply` of a 3-service chain (three health-gated waves) against a plain pyinfra deploy of the
-same files with TCP_NODELAY and no health checks, on fresh real test hosts, in one run (issue 9).
+"""Fresh apply of a 3-service chain: `recon apply` against a plain pyinfra deploy (issue 9), fresh hosts.
+
+recon's three health-gated waves against pyinfra putting the same files with TCP_NODELAY and no health checks,
+on fresh real test hosts, interleaved in one run.
 
     bench/setup.sh                                              # bench/.venv with pyinfra (once)
     .venv/bin/python -m reconciler.standin.build --out artifacts  # the stand-in artifacts (once)
@@ -30,7 +32,6 @@ The hosts are torn down at the end unless --keep (then the last round's hosts st
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -46,6 +47,7 @@ from common import (
     PYINFRA,
     REPO,
     TOKEN,
+    arg_parser,
     hosts_layer,
     load,
     recon_argv,
@@ -103,12 +105,9 @@ def fresh_pair(pool: TestHosts, settle: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3, help="timed rounds (default 3)")
+    ap = arg_parser(__doc__, runs=3, settle=3, keep="leave the last round's hosts running",
+                    settle_help="seconds to wait after each boot")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    ap.add_argument("--settle", type=float, default=3, help="seconds to wait after each boot (default 3)")
-    ap.add_argument("--keep", action="store_true", help="leave the last round's hosts running")
-    ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
     if args.runs < 1:
         raise SystemExit("--runs: want at least 1")

@@ -11,6 +11,7 @@ Importing this module puts the repository on sys.path (for `reconciler` and `tes
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -39,6 +40,20 @@ def testhosts_env(directory: str, net: str, prefix: str) -> None:
     os.environ.setdefault("TESTHOSTS_DIR", directory)
     os.environ.setdefault("TESTHOSTS_NET", net)
     os.environ.setdefault("TESTHOSTS_PREFIX", prefix)
+
+
+def arg_parser(doc: str, runs: int, settle: float | None = None, *,
+               keep: str = "leave the hosts running (and skip booting if up)",
+               settle_help: str = "seconds to wait after the applies before timing") -> argparse.ArgumentParser:
+    """The options every host bench has: --runs, --keep, --json FILE, and --settle when `settle` is given;
+    the description is the first line of `doc`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=runs, help=f"timed runs (default {runs})")
+    ap.add_argument("--keep", action="store_true", help=keep)
+    ap.add_argument("--json", dest="json_out", metavar="FILE", help="also write the raw figures here")
+    if settle is not None:
+        ap.add_argument("--settle", type=float, default=settle, help=f"{settle_help} (default {settle:g})")
+    return ap
 
 
 def work_dir() -> Path:
@@ -134,9 +149,10 @@ def times_table(times: dict[str, list[float]], first: str = "command") -> str:
                  [(k, f"{statistics.median(v):.3f} s", f"{min(v):.3f} s") for k, v in times.items()])
 
 
-def runs_header(runs: int, load_before: float, how: str = "interleaved") -> str:
-    """The line above a bench's tables: runs, order and load average before and now."""
-    return f"\n{runs} runs each, {how}; load average {load_before:.1f} before, {load():.1f} after\n"
+def runs_header(runs: int, load_before: float, how: str = "interleaved", what: str = "") -> str:
+    """The line above a bench's tables (blank lines around it): what was measured, runs, order and the load
+    average before and now."""
+    return f"\n{what}{runs} runs each, {how}; load average {load_before:.1f} before, {load():.1f} after\n"
 
 
 def write_json(path: str | Path | None, data: object) -> None:
