@@ -28,24 +28,34 @@ import io
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("TESTHOSTS_DIR", "/tmp/recon-archive-bench")
-os.environ.setdefault("TESTHOSTS_NET", "127.0.43")
-os.environ.setdefault("TESTHOSTS_PREFIX", "rarch")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import (
+    REPO,
+    arg_parser,
+    booted,
+    load,
+    medians,
+    runs_header,
+    ssh_argv,
+    table,
+    testhosts_env,
+    timed,
+    times_table,
+    write_json,
+)
+
+testhosts_env("/tmp/recon-archive-bench", "127.0.43", "rarch")
 
 import yaml  # noqa: E402
 
 from reconciler.standin import tree as standin_tree  # noqa: E402
-from testhosts import TestHosts  # noqa: E402
+from testhosts import TestHost, TestHosts  # noqa: E402
 
 WORK = Path(os.environ["TESTHOSTS_DIR"]) / "archive-bench"
 PYINFRA = Path(sys.executable).with_name("pyinfra")
@@ -78,26 +88,16 @@ def spec(host: dict, name: str, archive: Path, port: int) -> dict:
         "health": {"http": "http://127.0.0.1:{port}/health", "timeout_s": 30, "interval_s": 0.1}}}}
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    elapsed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return elapsed
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arg_parser(__doc__, runs=5, keep="leave the host running (and skip booting if up)")
     ap.add_argument("--files", type=int, default=300)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--keep", action="store_true", help="leave the host running (and skip booting if up)")
-    ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
     pool = TestHosts()
-    if not args.keep:
-        pool.down()
-    h = pool.up([1])[0]
+    with booted(pool, [1], args.keep) as (h,):
+        return bench(args, pool, h)
+
+
+def bench(args: argparse.Namespace, pool: TestHosts, h: TestHost) -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     env = {**os.environ, "NO_COLOR": "1", "BENCH_HOSTS": h.address, "BENCH_KEY": str(pool.key),
@@ -145,53 +145,41 @@ def main(argv: list[str] | None = None) -> int:
              "pyinfra untar (fresh)": lambda: pyinfra("untar"),
              "pyinfra files.sync (fresh)": lambda: pyinfra("sync")}
     times: dict[str, list[float]] = {k: [] for k in fresh}
-    load = os.getloadavg()[0]
-    try:
-        for make in fresh.values():     # warm-up (also checks each one works)
-            pool.exec(1, reset, check=True)
-            timed(*make())
-        for _ in range(args.runs):
-            for k, make in fresh.items():
-                pool.exec(1, reset, check=True)
-                a, e = make()
-                times[k].append(timed(a, e))
+    load_before = load()
+    for make in fresh.values():     # warm-up (also checks each one works)
         pool.exec(1, reset, check=True)
-        for name in specs:
-            shutil.rmtree(WORK / f"state-{name}", ignore_errors=True)
-            timed(recon("apply", name, "--auto-approve"), env)
-        plans = {"ssh true": ["ssh", "-i", str(pool.key), "-o", "StrictHostKeyChecking=yes", "-o",
-                              f"UserKnownHostsFile={pool.known_hosts}", "-o", "BatchMode=yes", f"root@{h.address}",
-                              "true"],
-                 "plan (small tree)": recon("plan", "web-small", "--detailed-exitcode"),
-                 f"plan ({args.files}-file tree)": recon("plan", "web-big", "--detailed-exitcode")}
-        for a in plans.values():
-            timed(a, env)
-        times.update({k: [] for k in plans})
-        for _ in range(args.runs):
-            for k, a in plans.items():
-                times[k].append(timed(a, env))
-    finally:
-        if not args.keep:
-            pool.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{args.files} assets + the stand-in tree ({big.stat().st_size // 1024} KiB tar.gz); {args.runs} runs "
-          f"each, interleaved; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
-    print("| command | median | min |")
-    print("| --- | ---: | ---: |")
-    for k, v in times.items():
-        print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s |")
+        timed(*make())
+    for _ in range(args.runs):
+        for k, make in fresh.items():
+            pool.exec(1, reset, check=True)
+            a, e = make()
+            times[k].append(timed(a, e))
+    pool.exec(1, reset, check=True)
+    for name in specs:
+        shutil.rmtree(WORK / f"state-{name}", ignore_errors=True)
+        timed(recon("apply", name, "--auto-approve"), env)
+    plans = {"ssh true": ssh_argv(pool, h, "true"),
+             "plan (small tree)": recon("plan", "web-small", "--detailed-exitcode"),
+             f"plan ({args.files}-file tree)": recon("plan", "web-big", "--detailed-exitcode")}
+    for a in plans.values():
+        timed(a, env)
+    times.update({k: [] for k in plans})
+    for _ in range(args.runs):
+        for k, a in plans.items():
+            times[k].append(timed(a, env))
+    med = medians(times)
+    print(runs_header(args.runs, load_before, what=f"{args.files} assets + the stand-in tree "
+                      f"({big.stat().st_size // 1024} KiB tar.gz); "))
+    print(times_table(times))
     r = med["recon apply (fresh)"]
-    print("\n| ratio | value |")
-    print("| --- | ---: |")
-    print(f"| recon apply / pyinfra untar (fresh) | {r / med['pyinfra untar (fresh)']:.2f}× |")
-    print(f"| recon apply / pyinfra files.sync (fresh) | {r / med['pyinfra files.sync (fresh)']:.2f}× |")
-    print(f"| plan ({args.files}-file tree) / plan (small tree) | "
-          f"{med[f'plan ({args.files}-file tree)'] / med['plan (small tree)']:.2f}× |")
-    print(f"| plan (small tree) / ssh true | {med['plan (small tree)'] / med['ssh true']:.2f}× |")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med}, indent=2) + "\n")
+    big_plan = f"plan ({args.files}-file tree)"
+    print()
+    print(table(["ratio", "value"], [
+        (f"recon apply / {k}", f"{r / med[k]:.2f}×") for k in ("pyinfra untar (fresh)", "pyinfra files.sync (fresh)")
+    ] + [(f"{big_plan} / plan (small tree)", f"{med[big_plan] / med['plan (small tree)']:.2f}×"),
+         ("plan (small tree) / ssh true", f"{med['plan (small tree)'] / med['ssh true']:.2f}×")]))
+    write_json(args.json_out, {"runs": times, "median": med})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,15 +31,26 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TESTHOSTS_DIR", "/tmp/recon-day2")
-os.environ.setdefault("TESTHOSTS_NET", "127.0.39")
-os.environ.setdefault("TESTHOSTS_PREFIX", "rday2")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_floor import REPO, TOKEN, hosts_layer, recon_argv, timed
+from common import (
+    REPO,
+    TOKEN,
+    booted,
+    load,
+    medians,
+    runs_header,
+    ssh_argv,
+    testhosts_env,
+    times_table,
+    write_json,
+)
 
-from testhosts import TestHosts
+testhosts_env("/tmp/recon-day2", "127.0.39", "rday2")
+
+from plan_floor import apply_setups, one_and_n_parser, recon_argv, timed  # noqa: E402
+
+from testhosts import TestHost, TestHosts  # noqa: E402
 
 
 def watch_once(argv: list[str], env: dict[str, str]) -> tuple[float, list[float]]:
@@ -64,63 +75,46 @@ def watch_once(argv: list[str], env: dict[str, str]) -> tuple[float, list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--large", type=int, default=20, help="hosts of the large setup (default 20)")
-    ap.add_argument("--keep", action="store_true", help="leave the hosts running (and skip booting if up)")
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--settle", type=float, default=30,
-                    help="seconds to wait after the applies before timing (the hosts' start-up settles)")
+    ap = one_and_n_parser(__doc__, runs=5, settle=30)
     args = ap.parse_args(argv)
     pool = TestHosts()
-    if not args.keep:
-        pool.down()
-    up = pool.up(range(1, args.large + 2))
-    small, large = up[-1:], up[:-1]
+    with booted(pool, range(1, args.large + 2), args.keep) as up:
+        return bench(args, pool, up)
+
+
+def bench(args: argparse.Namespace, pool: TestHosts, up: list[TestHost]) -> int:
     env = {**os.environ, "VAULT_TOKEN": TOKEN, "NO_COLOR": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)   # as a user runs it: recon's modules load from their .pyc
     n = str(args.large)
-    setups = {"1": hosts_layer(pool, small, "1"), n: hosts_layer(pool, large, n)}
-    h = small[0]
-    ssh_journal = ["ssh", "-i", str(pool.key), "-o", "StrictHostKeyChecking=yes", "-o",
-                   f"UserKnownHostsFile={pool.known_hosts}", "-o", "BatchMode=yes", f"root@{h.address}",
-                   "journalctl", "-u", "provisioning-orchestrator.service", "-n", "50"]
+    setups = apply_setups(pool, up, env)
+    h = up[-1]
+    ssh_journal = ssh_argv(pool, h, "journalctl", "-u", "provisioning-orchestrator.service", "-n", "50")
     plan_n = [*recon_argv("plan", setups[n], n), "--detailed-exitcode"]
     watch_n = [*recon_argv("watch", setups[n], n), "--count", "3", "--interval", "0.05", "--format", "json"]
     logs_1 = [*recon_argv("logs", setups["1"], "1"), "orchestrator", "-n", "50"]
     times: dict[str, list[float]] = {k: [] for k in ("plan " + n, "watch start → tick 1", "watch tick 1",
                                                      "watch tick 2", "watch tick 3", "ssh journalctl", "logs 1")}
-    try:
-        for tag, layer in setups.items():
-            t = timed([*recon_argv("apply", layer, tag), "--auto-approve"], env)
-            print(f"apply {tag} host(s): {t:.1f} s", file=sys.stderr, flush=True)
-        # at least 50 journal lines of the orchestrator on the 1-host setup (each SIGHUP logs a reload)
-        subprocess.run([*ssh_journal[:-5], "for i in $(seq 30); do systemctl kill -s HUP "
-                        "provisioning-orchestrator.service; sleep 0.1; done"], check=True, capture_output=True)
-        time.sleep(args.settle)
-        load = os.getloadavg()[0]
-        timed(plan_n, env)           # warm-up: page cache, sshd, the spec cache
-        watch_once(watch_n, env)
-        lines = subprocess.run(ssh_journal, capture_output=True, text=True, check=True).stdout.count("\n")
-        print(f"ssh journalctl prints {lines} lines", file=sys.stderr, flush=True)
-        timed(logs_1, env)
-        for _ in range(args.runs):
-            times["plan " + n].append(timed(plan_n, env))
-            first, ticks = watch_once(watch_n, env)
-            times["watch start → tick 1"].append(first)
-            for i, s in enumerate(ticks, 1):
-                times[f"watch tick {i}"].append(s)
-            times["ssh journalctl"].append(timed(ssh_journal, env))
-            times["logs 1"].append(timed(logs_1, env))
-    finally:
-        if not args.keep:
-            pool.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{args.runs} runs each, interleaved; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
-    print("| measured | median | min |")
-    print("| --- | ---: | ---: |")
-    for k, v in times.items():
-        print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s |")
+    # at least 50 journal lines of the orchestrator on the 1-host setup (each SIGHUP logs a reload)
+    subprocess.run(ssh_argv(pool, h, "for i in $(seq 30); do systemctl kill -s HUP "
+                            "provisioning-orchestrator.service; sleep 0.1; done"), check=True, capture_output=True)
+    time.sleep(args.settle)
+    load_before = load()
+    timed(plan_n, env)           # warm-up: page cache, sshd, the spec cache
+    watch_once(watch_n, env)
+    lines = subprocess.run(ssh_journal, capture_output=True, text=True, check=True).stdout.count("\n")
+    print(f"ssh journalctl prints {lines} lines", file=sys.stderr, flush=True)
+    timed(logs_1, env)
+    for _ in range(args.runs):
+        times["plan " + n].append(timed(plan_n, env))
+        first, ticks = watch_once(watch_n, env)
+        times["watch start → tick 1"].append(first)
+        for i, s in enumerate(ticks, 1):
+            times[f"watch tick {i}"].append(s)
+        times["ssh journalctl"].append(timed(ssh_journal, env))
+        times["logs 1"].append(timed(logs_1, env))
+    med = medians(times)
+    print(runs_header(args.runs, load_before))
+    print(times_table(times, "measured"))
     later = statistics.median(times["watch tick 2"] + times["watch tick 3"])
     low = {k: min(v) for k, v in times.items()}
     low_later = min(times["watch tick 2"] + times["watch tick 3"])
@@ -134,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             ("logs 1 / ssh journalctl", med["logs 1"] / med["ssh journalctl"], low["logs 1"] / low["ssh journalctl"],
              "≤ 2×")):
         print(f"| {label} | {value:.2f}× | {best:.2f}× | {goal} |")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med}, indent=2) + "\n")
+    write_json(args.json_out, {"runs": times, "median": med})
     return 0
 
 

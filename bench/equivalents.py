@@ -45,6 +45,7 @@ EQ = BENCH / "equivalent"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(EQ))
 
+from common import hosts_layer  # noqa: E402
 from verify import DEFAULT_SPECS, check_host  # noqa: E402
 
 from reconciler.spec import load_spec  # noqa: E402
@@ -114,22 +115,6 @@ def ansible_changes(stdout: str, n_hosts: int) -> int:
     return sum(int(r[2]) for r in rows)
 
 
-def recon_hosts_file(hosts: TestHosts, addresses: list[str], n: int) -> Path:
-    """A spec layer that points the platform at the N test hosts, all hosts in one batch."""
-    import yaml
-
-    names = [f"node{i}" for i in range(1, n + 1)]
-    doc = {"version": 1,
-           "hosts": {name: {"address": a, "user": "root", "ssh_key": str(hosts.key),
-                            "known_hosts": str(hosts.known_hosts)} for name, a in zip(names, addresses, strict=True)},
-           "defaults": {"hosts": names, "rollout": {"batch_size": "100%", "max_failures": 0}},
-           # the demo override reads the vault token from the demo's file; the benchmark sets VAULT_TOKEN
-           "services": {"vault-service": {"secrets": {"VAULT_TOKEN": {"from_file": None, "from_env": "VAULT_TOKEN"}}}}}
-    path = Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
 def tool_commands(tool: str, inventory: str) -> dict[str, list[str]]:
     if tool == "recon":
         n = inventory.rsplit("-", 1)[1].split(".")[0]
@@ -163,7 +148,7 @@ def bench_tool(tool: str, n: int, converged_runs: int, logdir: Path, spec) -> di
     subprocess.run([sys.executable, str(EQ / "ansible_inventory.py"), "--write", inventory], env=env,
                    check=True)
     if tool == "recon":
-        recon_hosts_file(hosts, addresses, n)
+        hosts_layer(hosts, up, Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml")
         shutil.rmtree(Path(os.environ["TESTHOSTS_DIR"]) / f"recon-state-{n}", ignore_errors=True)
         env["VAULT_TOKEN"] = env["BENCH_VAULT_TOKEN"]
     cmds = tool_commands(tool, inventory)

@@ -21,28 +21,35 @@ Prints medians (min) and the ratios against `ssh curl ×9` and against the same 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TESTHOSTS_DIR", "/tmp/recon-health")
-os.environ.setdefault("TESTHOSTS_NET", "127.0.38")
-os.environ.setdefault("TESTHOSTS_PREFIX", "rhealth")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import common
+from common import (
+    SPECS,
+    TOKEN,
+    arg_parser,
+    booted,
+    hosts_layer,
+    medians,
+    runs_header,
+    ssh_argv,
+    testhosts_env,
+    timed,
+    write_json,
+)
+
+testhosts_env("/tmp/recon-health", "127.0.38", "rhealth")
 
 import yaml  # noqa: E402
 
 from reconciler.spec import load_spec  # noqa: E402
-from testhosts import TestHosts  # noqa: E402
-
-SPECS = [str(REPO / "specs/platform.yaml"), str(REPO / "specs/overrides/local.yaml")]
-TOKEN = "bench-vault-token"
+from testhosts import TestHost, TestHosts  # noqa: E402
 
 
 def layer(name: str, doc: dict) -> Path:
@@ -52,19 +59,7 @@ def layer(name: str, doc: dict) -> Path:
 
 
 def recon_argv(command: str, layers: list[Path]) -> list[str]:
-    state = Path(os.environ["TESTHOSTS_DIR"]) / "health-state"
-    return [sys.executable, "-m", "reconciler", command, *(x for f in [*SPECS, *map(str, layers)] for x in ("-f", f)),
-            "--state", str(state), "--no-color"]
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                       timeout=300)
-    elapsed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return elapsed
+    return common.recon_argv(command, [*SPECS, *layers], Path(os.environ["TESTHOSTS_DIR"]) / "health-state")
 
 
 def observe_times(hosts: Path, expect: Path, ext: Path, n: int) -> dict[str, list[float]]:
@@ -84,21 +79,17 @@ def observe_times(hosts: Path, expect: Path, ext: Path, n: int) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--keep", action="store_true", help="leave the host running (and skip booting if up)")
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--settle", type=float, default=20, help="seconds to wait after the apply before timing")
+    ap = arg_parser(__doc__, runs=7, settle=20, keep="leave the host running (and skip booting if up)",
+                    settle_help="seconds to wait after the apply before timing")
     args = ap.parse_args(argv)
     pool = TestHosts()
-    if not args.keep:
-        pool.down()
-    (h,) = pool.up([1])
+    with booted(pool, [1], args.keep) as (h,):
+        return bench(args, pool, h)
+
+
+def bench(args: argparse.Namespace, pool: TestHosts, h: TestHost) -> int:
     env = {**os.environ, "VAULT_TOKEN": TOKEN, "NO_COLOR": "1"}
-    hosts = layer("hosts", {"hosts": {"node1": {"address": h.address, "user": "root", "ssh_key": str(pool.key),
-                                                "known_hosts": str(pool.known_hosts)}},
-                            "services": {"vault-service": {"secrets": {"VAULT_TOKEN": {"from_file": None,
-                                                                                      "from_env": "VAULT_TOKEN"}}}}})
+    hosts = hosts_layer(pool, [h], Path(os.environ["TESTHOSTS_DIR"]) / "health-hosts.yaml", batch_all=False)
     expect = layer("json", {"defaults": {"health": {"expect_json": {"database": "connected"}}}})
     spec = load_spec([*SPECS, str(hosts)], check_artifacts=False)
     ext = layer("external", {"external": {"journal": {"hosts": ["node1"], "unit": "systemd-journald.service",
@@ -107,33 +98,27 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "expect_json": {"database": "connected"}}}}})
     ports = [s.port for s in spec.services.values() if s.port]
     curls = "; ".join(f"curl -s -m 3 http://{h.address}:{p}/health" for p in ports)
-    try:
-        print(f"apply: {timed([*recon_argv('apply', [hosts]), '--auto-approve'], env):.1f} s", file=sys.stderr)
-        cases: dict[str, list[str]] = {
-            f"ssh curl ×{len(ports)}": ["ssh", "-i", str(pool.key), "-o", "StrictHostKeyChecking=yes", "-o",
-                                        f"UserKnownHostsFile={pool.known_hosts}", "-o", "BatchMode=yes",
-                                        f"root@{h.address}", curls],
-            "plan": [*recon_argv("plan", [hosts]), "--detailed-exitcode"],
-            "plan +json": [*recon_argv("plan", [hosts, expect]), "--detailed-exitcode"],
-            "status": recon_argv("status", [hosts]),
-            "status +json": recon_argv("status", [hosts, expect]),
-            "status +external": recon_argv("status", [hosts, ext]),
-        }
-        time.sleep(args.settle)
-        load = os.getloadavg()[0]
-        for a in cases.values():   # warm-up
-            timed(a, env)
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(args.runs):
-            for k, a in cases.items():
-                times[k].append(timed(a, env))
-        observe = observe_times(hosts, expect, ext, 3 * args.runs)
-    finally:
-        if not args.keep:
-            pool.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"apply: {timed([*recon_argv('apply', [hosts]), '--auto-approve'], env):.1f} s", file=sys.stderr)
+    cases: dict[str, list[str]] = {
+        f"ssh curl ×{len(ports)}": ssh_argv(pool, h, curls),
+        "plan": [*recon_argv("plan", [hosts]), "--detailed-exitcode"],
+        "plan +json": [*recon_argv("plan", [hosts, expect]), "--detailed-exitcode"],
+        "status": recon_argv("status", [hosts]),
+        "status +json": recon_argv("status", [hosts, expect]),
+        "status +external": recon_argv("status", [hosts, ext]),
+    }
+    time.sleep(args.settle)
+    load = common.load()
+    for a in cases.values():   # warm-up
+        timed(a, env)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.runs):
+        for k, a in cases.items():
+            times[k].append(timed(a, env))
+    observe = observe_times(hosts, expect, ext, 3 * args.runs)
+    med = medians(times)
     ref = f"ssh curl ×{len(ports)}"
-    print(f"\n{args.runs} runs each, interleaved; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+    print(runs_header(args.runs, load))
     print(f"| command | median | min | / {ref} | / without |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for k, v in times.items():
@@ -145,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in observe.items():
         print(f"| {k} | {statistics.median(v) * 1000:.0f} ms | {min(v) * 1000:.0f} ms | "
               f"{statistics.median(v) / statistics.median(observe['plain']):.2f}× |")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med, "observe": observe}, indent=2)
-                                       + "\n")
+    write_json(args.json_out, {"runs": times, "median": med, "observe": observe})
     return 0
 
 

@@ -20,36 +20,25 @@ Prints medians (min) and the ratios grpc Diff / recon plan and grpc Diff / direc
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TESTHOSTS_DIR", "/tmp/recon-pulumi-bench")
-os.environ.setdefault("TESTHOSTS_NET", "127.0.38")
-os.environ.setdefault("TESTHOSTS_PREFIX", "rpbench")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import common
+from common import REPO, SPECS, TOKEN, arg_parser, hosts_layer, recon_argv, testhosts_env, timed
 
-import yaml  # noqa: E402
+testhosts_env("/tmp/recon-pulumi-bench", "127.0.38", "rpbench")
 
 from testhosts import TestHosts  # noqa: E402
 
-SPECS = [str(REPO / "specs/platform.yaml"), str(REPO / "specs/overrides/local.yaml")]
-TOKEN = "bench-vault-token"
-
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--keep", action="store_true", help="leave the host running (and skip booting if up)")
-    ap.add_argument("--json", dest="json_out")
+    ap = arg_parser(__doc__, runs=7, keep="leave the host running (and skip booting if up)")
     args = ap.parse_args(argv)
 
     import grpc
@@ -64,20 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         pool.down()
     [host] = pool.up([1])
-    layer = work / "bench-hosts.yaml"
-    layer.write_text(yaml.safe_dump({"version": 1, "hosts": {"node1": host.spec_entry()}, "services": {
-        "vault-service": {"secrets": {"VAULT_TOKEN": {"from_file": None, "from_env": "VAULT_TOKEN"}}}}}))
-    files = [*SPECS, str(layer)]
+    files = [*SPECS, str(hosts_layer(pool, [host], work / "bench-hosts.yaml", batch_all=False))]
     state = str(work / "bench-state")
     env = {**os.environ, "VAULT_TOKEN": TOKEN, "NO_COLOR": "1"}
     os.environ["VAULT_TOKEN"] = TOKEN
-    cli = [sys.executable, "-m", "reconciler", "{}", *(x for f in files for x in ("-f", f)), "--state", state]
 
     def run_cli(command: str, *extra: str) -> None:
-        argv = [a.format(command) for a in cli] + list(extra)
-        r = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        timed(recon_argv(command, files, state, *extra), env)
 
     server = subprocess.Popen([sys.executable, "-m", "pulumi.dynamic"], stdout=subprocess.PIPE, cwd=REPO, env=env)
     try:
@@ -109,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "grpc Check": grpc_check, "grpc Diff": grpc_diff, "direct diff": direct_diff}
         for fn in cases.values():     # warm-up: page cache, sshd, imports of the direct path
             fn()
-        load = os.getloadavg()[0]
+        load_before = common.load()
         times: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(args.runs):
             for k, fn in cases.items():
@@ -121,16 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(timeout=10)
         if not args.keep:
             pool.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{args.runs} runs each, interleaved; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
-    print("| step | median | min |")
-    print("| --- | ---: | ---: |")
-    for k, v in times.items():
-        print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s |")
+    med = common.medians(times)
+    print(common.runs_header(args.runs, load_before))
+    print(common.times_table(times, "step"))
     print(f"\ngrpc Diff / recon plan: {med['grpc Diff'] / med['recon plan']:.2f}×; "
           f"grpc Diff / direct diff: {med['grpc Diff'] / med['direct diff']:.2f}×")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": times, "median": med}, indent=2) + "\n")
+    common.write_json(args.json_out, {"runs": times, "median": med})
     return 0
 
 

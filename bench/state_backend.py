@@ -14,80 +14,60 @@ directory and PostgreSQL in turn, `--runs` times each. Prints medians (min) and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TESTHOSTS_DIR", "/tmp/recon-statebench")
-os.environ.setdefault("TESTHOSTS_NET", "127.0.51")
-os.environ.setdefault("TESTHOSTS_PREFIX", "rsbench")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import (
+    REPO,
+    SPECS,
+    TOKEN,
+    arg_parser,
+    booted,
+    hosts_layer,
+    load,
+    medians,
+    recon_argv,
+    runs_header,
+    testhosts_env,
+    timed,
+    times_table,
+    write_json,
+)
+
+testhosts_env("/tmp/recon-statebench", "127.0.51", "rsbench")
 sys.path.insert(0, str(REPO / "tests"))
 
-import yaml  # noqa: E402
 from pgserver import PASSWORD, start_server  # noqa: E402
 
 from testhosts import TestHost, TestHosts  # noqa: E402
 
-SPECS = [str(REPO / "specs/platform.yaml"), str(REPO / "specs/overrides/local.yaml")]
-TOKEN = "bench-vault-token"
-
-
-def hosts_layer(pool: TestHosts, hosts: list[TestHost]) -> Path:
-    names = [f"node{i}" for i in range(1, len(hosts) + 1)]
-    doc = {"version": 1,
-           "hosts": {n: {"address": h.address, "user": "root", "ssh_key": str(pool.key),
-                         "known_hosts": str(pool.known_hosts)} for n, h in zip(names, hosts, strict=True)},
-           "defaults": {"hosts": names, "rollout": {"batch_size": "100%", "max_failures": 0}},
-           "services": {"vault-service": {"secrets": {"VAULT_TOKEN": {"from_file": None, "from_env": "VAULT_TOKEN"}}}}}
-    path = Path(os.environ["TESTHOSTS_DIR"]) / "statebench-hosts.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                       timeout=300)
-    elapsed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return elapsed
-
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=15)
+    ap = arg_parser(__doc__, runs=15, settle=20)
     ap.add_argument("--hosts", type=int, default=1)
-    ap.add_argument("--keep", action="store_true", help="leave the hosts running (and skip booting if up)")
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--settle", type=float, default=20, help="seconds to wait after the applies before timing")
     args = ap.parse_args(argv)
     pool = TestHosts()
-    if not args.keep:
-        pool.down()
-    hosts = pool.up(range(1, args.hosts + 1))
+    with booted(pool, range(1, args.hosts + 1), args.keep) as hosts:
+        return bench(args, pool, hosts)
+
+
+def bench(args: argparse.Namespace, pool: TestHosts, hosts: list[TestHost]) -> int:
     pg = start_server()
     env = {**os.environ, "VAULT_TOKEN": TOKEN, "NO_COLOR": "1", "PGPASSWORD": PASSWORD}
-    layer = hosts_layer(pool, hosts)
-    files = [x for f in [*SPECS, str(layer)] for x in ("-f", f)]
+    files = [*SPECS, hosts_layer(pool, hosts, Path(os.environ["TESTHOSTS_DIR"]) / "statebench-hosts.yaml")]
     states = {"dir": str(Path(os.environ["TESTHOSTS_DIR"]) / "statebench-state"),
               "pg": pg.url(pg.new_database())}
-    base = [sys.executable, "-m", "reconciler"]
     try:
         for name, state in states.items():
-            t = timed([*base, "apply", *files, "--state", state, "--auto-approve", "--no-color"], env)
+            t = timed(recon_argv("apply", files, state, "--auto-approve"), env)
             print(f"apply ({name}): {t:.1f} s", file=sys.stderr, flush=True)
-        cases = {name: [*base, "plan", *files, "--state", state, "--no-color", "--detailed-exitcode"]
-                 for name, state in states.items()}
+        cases = {name: recon_argv("plan", files, state, "--detailed-exitcode") for name, state in states.items()}
         time.sleep(args.settle)
-        load = os.getloadavg()[0]
+        load_before = load()
         for a in cases.values():      # warm-up: page cache, sshd, the spec cache
             timed(a, env)
         times: dict[str, list[float]] = {k: [] for k in cases}
@@ -97,20 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 times[k].append(timed(cases[k], env))
     finally:
         pg.stop()
-        if not args.keep:
-            pool.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(times)
     ratio = med["pg"] / med["dir"]
-    print(f"\n{args.runs} runs each, alternating; {args.hosts} host(s); load average {load:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after\n")
-    print("| converged plan, state in | median | min |")
-    print("| --- | ---: | ---: |")
-    for k, v in times.items():
-        print(f"| {'a directory' if k == 'dir' else 'PostgreSQL'} | {med[k]:.3f} s | {min(v):.3f} s |")
+    print(runs_header(args.runs, load_before, f"alternating; {args.hosts} host(s)"))
+    print(times_table({"a directory" if k == "dir" else "PostgreSQL": v for k, v in times.items()},
+                      "converged plan, state in"))
     print(f"\nPostgreSQL / directory: {ratio:.2f}× (goal ≤ 1.1×)")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"runs": args.runs, "hosts": args.hosts, "times": times,
-                                                   "median": med, "ratio": ratio, "load": load}, indent=2))
+    write_json(args.json_out, {"runs": args.runs, "hosts": args.hosts, "times": times, "median": med,
+                               "ratio": ratio, "load": load_before})
     return 0
 
 

@@ -14,7 +14,8 @@ the "restart if something changed" and "daemon-reload if a unit changed" decisio
 
 Environment: BENCH_<SECRET> for each secret (BENCH_VAULT_TOKEN), BENCH_ARTIFACTS (default: the
 repository's artifacts/), BENCH_RENDERED (default: rendered/ beside this file),
-BENCH_PYINFRA_NODELAY=1 to set TCP_NODELAY on the SSH sockets (off by default: stock pyinfra).
+BENCH_PYINFRA_NODELAY=1 to set TCP_NODELAY on the SSH sockets (off by default: stock pyinfra),
+BENCH_NO_HEALTH=1 to leave out the health checks (bench/chain.py: a plain deploy, no health gate).
 """
 
 import io
@@ -51,14 +52,16 @@ def artifact_path(svc: dict) -> str:
 
 
 def secrets_text(svc: dict) -> bytes:
-    """The EnvironmentFile, as recon writes it (NAME=value lines, newlines escaped)."""
+    """The EnvironmentFile, as recon writes it (`reconciler.desired.env_file_line`): NAME="value" lines,
+    with \\ " $ ` escaped by a backslash (systemd reads the value back byte for byte)."""
     lines = []
     for secret in svc["secrets"]:
         value = os.environ.get(secret["env"])
         if not value:
             raise RuntimeError(f"set {secret['env']} (secret {secret['name']} of {svc['name']})")
-        lines.append(f"{secret['name']}={value.replace(chr(10), chr(92) + 'n')}")
-    return ("\n".join(lines) + "\n").encode()
+        escaped = "".join("\\" + ch if ch in '\\"$`' else ch for ch in value)
+        lines.append(f'{secret["name"]}="{escaped}"\n')
+    return "".join(lines).encode()
 
 
 def jinja(text: str) -> str:
@@ -114,8 +117,9 @@ for svc in services:  # dependency order
         restarted=any(op.will_change for op in changed_files[name]),
     )
 
+health_checks = os.environ.get("BENCH_NO_HEALTH") != "1"
 for svc in services:
-    if svc["health_url"] and started[svc["name"]].will_change:
+    if health_checks and svc["health_url"] and started[svc["name"]].will_change:
         url = jinja(svc["health_url"])
         tries = max(1, int(svc["health_timeout_s"]))
         server.shell(

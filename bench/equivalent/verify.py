@@ -8,7 +8,8 @@ service it compares against recon's own `reconciler.desired` output for that hos
 the artifact, the release config, the unit (in the release and in /etc/systemd/system) and the
 EnvironmentFile; the `current` and config symlinks; owner/group/mode of each file and directory; the
 service account; unit enabled + active; and the /health answer (HTTP 200). Prints one line per host,
-the differences if any; exit 1 on any difference.
+the differences if any; exit 1 on any difference. BENCH_RENDERED=DIR: the manifest of another spec
+(render.py --out DIR), as for the equivalents themselves.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from reconciler.spec import load_spec  # noqa: E402
 from testhosts import TestHosts  # noqa: E402
 
 DEFAULT_SPECS = [str(REPO / "specs/platform.yaml"), str(REPO / "specs/overrides/local.yaml")]
+RENDERED = Path(os.environ.get("BENCH_RENDERED", Path(__file__).with_name("rendered")))
 
 
-def expected(spec, name: str, address: str) -> dict:
-    manifest = json.loads((Path(__file__).with_name("rendered") / "services.json").read_text())
+def expected(spec, name: str, address: str, rendered: Path = RENDERED) -> dict:
+    manifest = json.loads((rendered / "services.json").read_text())
     modes, user, group = manifest["modes"], manifest["user"], manifest["group"]
     out: dict[str, object] = {"user": f"{user}:{group}:{manifest['user_home']}:{manifest['user_shell']}"}
     for d in manifest["directories"]:
@@ -82,9 +84,9 @@ def probe_script(keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_host(hosts: TestHosts, spec, i: int) -> list[str]:
+def check_host(hosts: TestHosts, spec, i: int, rendered: Path = RENDERED) -> list[str]:
     address = hosts.address(i)
-    want = expected(spec, f"node{i}", address)
+    want = expected(spec, f"node{i}", address, rendered)
     keys = [k for k in want if k != "user"]
     r = hosts.exec(i, ["/bin/sh", "-c", probe_script(keys)])
     got: dict[str, str] = {}
