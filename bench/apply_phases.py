@@ -31,7 +31,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from equivalents import recon_hosts_file  # noqa: E402
+from common import hosts_layer  # noqa: E402
 
 from testhosts import TestHosts  # noqa: E402
 
@@ -55,7 +55,7 @@ def one_run(n: int) -> dict:
     hosts = TestHosts()
     hosts.down()
     up = hosts.up(list(range(1, n + 1)))
-    layer = recon_hosts_file(hosts, [h.address for h in up], n)
+    layer = hosts_layer(hosts, up, Path(os.environ["TESTHOSTS_DIR"]) / f"recon-hosts-{n}.yaml")
     state = Path(os.environ["TESTHOSTS_DIR"]) / f"recon-state-{n}"
     shutil.rmtree(state, ignore_errors=True)
     env = {**os.environ, "VAULT_TOKEN": os.environ.get("BENCH_VAULT_TOKEN", "bench-vault-token")}
