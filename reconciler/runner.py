@@ -143,6 +143,7 @@ class ValidateResult:
     services: int
     hosts: int
     waves: list[list[str]]
+    externals: int = 0          # `external:` entries (recon checks them, never deploys them)
 
 
 @dataclass
@@ -280,7 +281,7 @@ def run_validate(req: ValidateRequest) -> ValidateResult:
     from reconciler.waves import waves
 
     spec = load_spec(req.files, check_artifacts=req.check_artifacts)
-    return ValidateResult(list(req.files), len(spec.services), len(spec.hosts), waves(spec))
+    return ValidateResult(list(req.files), len(spec.services), len(spec.hosts), waves(spec), len(spec.externals))
 
 
 def run_plan(req: PlanRequest) -> PlanResult:

@@ -76,11 +76,21 @@ def test_validate_platform_spec_prints_the_waves():
     ]
 
 
+def test_validate_counts_the_externals_it_checks():
+    ext = "specs/examples/external.yaml"
+    r = recon("validate", "-f", PLATFORM, "-f", LOCAL, "-f", ext)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"Valid: 9 services and 1 external on 1 host, 5 dependency waves ({PLATFORM}, " \
+                                       f"{LOCAL}, {ext})"
+    out = json.loads(recon("validate", "-f", PLATFORM, "-f", LOCAL, "-f", ext, "--format", "json").stdout)
+    assert out["externals"] == 1 and out["services"] == 9
+
+
 def test_validate_json_when_valid():
     r = recon("validate", "-f", PLATFORM, "--format", "json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["valid"] is True and out["services"] == 9 and out["hosts"] == 1
+    assert out["valid"] is True and out["services"] == 9 and out["hosts"] == 1 and out["externals"] == 0
     assert out["waves"][0] == ["orchestrator"] and out["waves"][-1] == ["ai-service"]
 
 

@@ -8,8 +8,9 @@ from reconciler.runner import ValidateResult
 
 
 def render_validate_text(r: ValidateResult) -> str:
-    n, h, w = r.services, r.hosts, len(r.waves)
-    lines = [f"Valid: {n} service{'s' * (n != 1)} on {h} host{'s' * (h != 1)}, "
+    n, h, w, e = r.services, r.hosts, len(r.waves), r.externals
+    ext = f" and {e} external{'s' * (e != 1)}" if e else ""
+    lines = [f"Valid: {n} service{'s' * (n != 1)}{ext} on {h} host{'s' * (h != 1)}, "
              f"{w} dependency wave{'s' * (w != 1)} ({', '.join(r.files)})"]
     lines += [f"  wave {i}: {', '.join(wave)}" for i, wave in enumerate(r.waves, 1)]
     return "\n".join(lines) + "\n"
@@ -17,4 +18,4 @@ def render_validate_text(r: ValidateResult) -> str:
 
 def render_validate_json(r: ValidateResult) -> str:
     return json.dumps({"valid": True, "files": r.files, "services": r.services, "hosts": r.hosts,
-                       "waves": r.waves}, indent=2) + "\n"
+                       "externals": r.externals, "waves": r.waves}, indent=2) + "\n"
