@@ -18,7 +18,7 @@ _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 def parse_address(address: str) -> SpecPath:
     """`orchestrator.limits.memory_max` → ("services", "orchestrator", "limits", "memory_max").
 
-    `args[0]` and `args.0` both address a list item; `hosts.…`, `defaults.…`, `version` and
+    `args[0]` and `args.0` both address a list item; `hosts.…`, `defaults.…`, `external.…`, `version` and
     `services.…` address the top level.
     """
     parts: list[str | int] = []
@@ -26,7 +26,7 @@ def parse_address(address: str) -> SpecPath:
         parts.append(int(m.group(2)) if m.group(2) is not None else m.group(1))
     if not parts:
         raise SpecError([Problem("empty address", expected="SERVICE.PATH, e.g. orchestrator.limits.memory_max")])
-    if parts[0] in ("hosts", "defaults", "services", "version"):
+    if parts[0] in ("hosts", "defaults", "services", "external", "version"):
         return tuple(parts)
     return ("services", *parts)
 

@@ -205,6 +205,16 @@ def test_explain_a_value_from_defaults():
     assert f"{LOCAL}:{line_of(LOCAL, 'memory_max: 128M')}:" in r.stdout.splitlines()[1]
 
 
+def test_explain_an_external_entry():
+    files = ("-f", PLATFORM, "-f", LOCAL, "-f", "specs/examples/external.yaml")
+    r = recon("explain", "external.surrealdb.unit", *files)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ['external.surrealdb.unit = "surrealdb.service"',
+                                     "  set by    specs/examples/external.yaml:13:5"]
+    bad = recon("explain", "external.surrealdb.unti", *files)
+    assert bad.returncode == 1 and "expected one of description, health, hosts, unit" in bad.stderr
+
+
 def test_explain_missing_path_is_a_clear_error():
     r = recon("explain", "orchestrator.limits.nope", "-f", PLATFORM)
     assert r.returncode == 1 and r.stdout == ""
