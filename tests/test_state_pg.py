@@ -277,3 +277,52 @@ def test_a_plan_reads_the_state_through_libpq_without_importing_psycopg(pg_url: 
         pgread.query(pg_url.rsplit("/", 1)[0] + "/no_such_db", "SELECT 1")
     assert not exc.value.connected and "no_such_db" in str(exc.value)
     assert pgread.query(pg_url, "SELECT 1, NULL::text, 'x'") == [["1", None, "x"]]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "directory"])
+def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_path: Path, backend: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # runner.lock_scope read the spec to know which hosts to lock, and pipeline.prepare read it again
+    import hashlib
+
+    import yaml
+
+    from reconciler import pipeline, runner
+    from reconciler import spec as spec_pkg
+
+    art = tmp_path / "api.bin"
+    art.write_bytes(b"#!/bin/sh\n")
+    artifact = {"path": str(art), "sha256": hashlib.sha256(art.read_bytes()).hexdigest()}
+    doc = {"version": 1, "hosts": {"n1": {"address": "127.0.0.1", "port": 1}},     # nothing listens there
+           "services": {"api": {"version": "1.0.0", "port": 8080, "artifact": artifact}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(doc))
+    calls: list[tuple[str, ...]] = []
+    real = spec_pkg.load_spec
+
+    def counting(files: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(files))
+        return real(files, *args, **kwargs)
+
+    monkeypatch.setattr(spec_pkg, "load_spec", counting)        # what lock_scope imports
+    monkeypatch.setattr(pipeline, "load_spec", counting)        # what prepare calls
+    locked: list[Any] = []
+    store = pipeline.open_store(pg_url if backend == "postgresql" else str(tmp_path / "st"))
+    real_lock = store.lock
+
+    def lock(*args: Any, **kwargs: Any) -> Any:
+        locked.append(kwargs.get("hosts"))
+        return real_lock(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lock", lock)
+    monkeypatch.setattr(pipeline, "open_store", lambda _option: store)
+
+    class UI:
+        def show_plan(self, plan: Any) -> None: ...
+        def confirm(self) -> None: ...
+        def on_event(self, event: Any) -> None: ...
+
+    req = runner.ApplyRequest(files=(str(tmp_path / "spec.yaml"),), auto_approve=True, state="unused")
+    with pytest.raises(runner.ReconError, match="could not be observed"):
+        runner.run_apply(req, UI())
+    assert calls == [(str(tmp_path / "spec.yaml"),)]
+    assert locked == ([["n1"]] if backend == "postgresql" else [None])
