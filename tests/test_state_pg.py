@@ -326,3 +326,26 @@ def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_
         runner.run_apply(req, UI())
     assert calls == [(str(tmp_path / "spec.yaml"),)]
     assert locked == ([["n1"]] if backend == "postgresql" else [None])
+
+
+def test_history_rows_that_are_not_entries_are_skipped_by_id_like_bad_lines_of_the_file(pg_url: str,
+                                                                                        tmp_path: Path) -> None:
+    good = {"time": "2026-01-02T03:04:05.000000Z", "user": "ops", "machine": "m", "command": "apply", "serial": 4,
+            "host": "node1", "service": "api", "action": "create", "from": None, "to": "1.0.0", "result": "created",
+            "detail": ""}
+    bad = [[1, 2], {**good, "time": 5}, {**good, "serial": "4"}]
+    store = PgStore(pg_url)
+    store.append_many([good])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for entry in bad:
+            conn.execute("INSERT INTO recon_history (lineage, at, entry) VALUES ('', '', %s)", (json.dumps(entry),))
+    store.append_many([{**good, "to": "1.0.1"}])
+    entries, skipped = PgStore(pg_url).read_history()
+    assert [e["to"] for e in entries] == ["1.0.0", "1.0.1"]
+    whys = ["not a history entry (found a list)", "time is a number 5, not text",
+            'serial is a string "4", not a whole number']
+    assert [why for _, why in skipped] == whys and [n for n, _ in skipped] == sorted(n for n, _ in skipped)
+    # the directory backend says the same of the same entries, by line number
+    (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(e) for e in [good, *bad, good]) + "\n")
+    file_entries, file_skipped = StateStore(str(tmp_path)).read_history()
+    assert file_entries == [good, good] and file_skipped == list(zip([2, 3, 4], whys, strict=True))
