@@ -27,11 +27,11 @@ from reconciler.state import (
     State,
     StateError,
     StateUnavailable,
-    _entry_problem,
     current_user,
     describe_holder,
     mask_url,
     now_iso,
+    split_history,
 )
 
 if TYPE_CHECKING:
@@ -367,14 +367,7 @@ class PgStore:
             return [], []
         except psycopg.Error as exc:
             raise self._lost(exc, "reading the history") from None
-        out, skipped = [], []
-        for n, entry in rows:
-            why = _entry_problem(entry)
-            if why:
-                skipped.append((n, why))
-            else:
-                out.append(entry)
-        return out, skipped
+        return split_history(rows)
 
     @property
     def history_path(self) -> str:

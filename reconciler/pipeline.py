@@ -115,17 +115,20 @@ class Run:
 
 def prepare(files: Sequence[str], state_option: str | None, targets: Sequence[str] = (),
             hosts: Sequence[str] = (), lineage: str | None = None, services: Sequence[str] = (),
-            secrets: bool = True, connect_early: bool = False, store: StateBackend | None = None) -> Run:
-    """Load and check the spec, render desired state, read recon's state. No host is contacted, and
-    nothing is written: without a state yet, the lineage (the salt of secret fingerprints) is made up
-    in memory, or taken from `lineage` (a saved plan's), and kept by the first write of an apply.
+            secrets: bool = True, connect_early: bool = False, store: StateBackend | None = None,
+            spec: Spec | None = None) -> Run:
+    """Load and check the spec (or take `spec`, already loaded from `files`), render desired state, read
+    recon's state. No host is contacted, and nothing is written: without a state yet, the lineage (the
+    salt of secret fingerprints) is made up in memory, or taken from `lineage` (a saved plan's), and kept
+    by the first write of an apply.
 
     Names given on the command line (`services`, `--target`, `--host`) are checked before anything
     else is read (secrets included), with the closest names suggested."""
     store = store or open_store(state_option)     # apply passes the store that holds its lock
     if hasattr(store, "prefetch"):
         store.prefetch()                          # PostgreSQL: the state is read while the spec loads
-    spec = load_spec(files)
+    if spec is None:
+        spec = load_spec(files)
     for name in services:
         if name not in spec.services:
             raise unknown_name("service", name, spec.services)

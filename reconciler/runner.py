@@ -15,6 +15,7 @@ if TYPE_CHECKING:   # the pipeline is imported by the runners that use it, so `r
     from reconciler.outcome import ApplyResult, Event
     from reconciler.plan import Plan
     from reconciler.review.model import SpecDiff
+    from reconciler.spec import Spec
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -310,11 +311,11 @@ def run_apply(req: ApplyRequest, ui: ApplyUI) -> ApplyRunResult:
         saved = load_plan(req.planfile)
         files = tuple(saved.spec_files)
     store = pipeline.open_store(req.state)
-    with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout,
-                    hosts=lock_scope(store, files, req.hosts)):
+    spec, scope = lock_scope(store, files, req.hosts)
+    with store.lock(f"recon apply {' '.join(files)}", timeout=req.lock_timeout, hosts=scope):
         run = pipeline.prepare(files, req.state, req.targets, req.hosts,
                                lineage=saved.fingerprints.get("lineage") if saved is not None else None, store=store,
-                               connect_early=True)
+                               spec=spec, connect_early=True)
         # observed over OpenSSH as `recon plan` is (the login began while the spec loaded): a converged apply
         # never starts pyinfra; its session opens only when there is something to do
         pipeline.observe(run, warm=("reconciler.plan",))
@@ -369,9 +370,9 @@ def run_rollback(req: RollbackRequest, on_event: Any) -> RollbackResult:
     store = pipeline.open_store(req.state)
     service = req.service
     result = RollbackResult(target=req.to_version)
-    with store.lock(f"recon rollback {service}", timeout=req.lock_timeout,
-                    hosts=lock_scope(store, req.files, req.hosts, service)):
-        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=(service,), store=store)
+    spec, scope = lock_scope(store, req.files, req.hosts, service)
+    with store.lock(f"recon rollback {service}", timeout=req.lock_timeout, hosts=scope):
+        run = pipeline.prepare(req.files, req.state, (), req.hosts, services=(service,), store=store, spec=spec)
         on = [h for h in run.spec.services[service].hosts if not req.hosts or h in req.hosts]
         scope = {h: run.spec.hosts[h] for h in on}
         with Session(scope) as session:
@@ -604,10 +605,11 @@ def run_operate(req: OperateRequest, confirm: Any, on_event: Any) -> OperateResu
         raise ReconError(f"recon {op}: name the services (or --all for every service of the spec)")
     store = pipeline.open_store(req.state)
     what = " ".join(req.services) or "--all"
+    spec, scope = lock_scope(store, req.files, req.hosts)
     with store.lock(f"recon {op} {what}" + (f" ({req.reason})" if req.reason else ""), timeout=req.lock_timeout,
-                    hosts=lock_scope(store, req.files, req.hosts)):
+                    hosts=scope):
         run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
-                               store=store)
+                               store=store, spec=spec)
         names = list(req.services) or list(run.spec.services)
         ordered, added = order(run.spec, names, op)
         result = OperateResult(ordered, added)
@@ -708,15 +710,17 @@ def run_force_unlock(req: ForceUnlockRequest) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- state backends (issue 11)
 def lock_scope(store: Any, files: tuple[str, ...], hosts: tuple[str, ...], service: str | None = None
-               ) -> list[str] | None:
-    """The hosts a run touches, for a backend that locks per host (None: the backend locks the whole state)."""
+               ) -> tuple[Spec | None, list[str] | None]:
+    """(the spec, loaded to know them, and the hosts a run touches) for a backend that locks per host;
+    (None, None) for one that locks the whole state. The spec goes on to `pipeline.prepare`, so it is
+    read once and the run applies the very spec whose hosts it locked."""
     if not store.per_host_locks:
-        return None
+        return None, None
     from reconciler.spec import load_spec
 
     spec = load_spec(files)
     names = spec.services[service].hosts if service and service in spec.services else list(spec.hosts)
-    return sorted(h for h in names if not hosts or h in hosts)
+    return spec, sorted(h for h in names if not hosts or h in hosts)
 
 
 @dataclass(frozen=True)
@@ -900,10 +904,10 @@ def run_destroy(req: DestroyRequest, ui: ApplyUI) -> ApplyRunResult:
     from reconciler.transport import Session
 
     store = pipeline.open_store(req.state)
-    with store.lock(f"recon destroy {' '.join(req.services) or '--all'}", timeout=req.lock_timeout,
-                    hosts=lock_scope(store, req.files, req.hosts)):
+    spec, scope = lock_scope(store, req.files, req.hosts)
+    with store.lock(f"recon destroy {' '.join(req.services) or '--all'}", timeout=req.lock_timeout, hosts=scope):
         run = pipeline.prepare(req.files, req.state, (), req.hosts, services=req.services, secrets=False,
-                               store=store)
+                               store=store, spec=spec)
         gone = set(req.services) or set(run.spec.services)
         for name, svc in run.spec.services.items():
             needs = sorted(set(svc.depends_on) & gone)

@@ -11,7 +11,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -274,25 +274,7 @@ class StateStore:
             return [], []
         except OSError as exc:
             raise StateError(f"cannot read history file {self.history_path}: {exc.strerror}") from None
-        out: list[dict[str, Any]] = []
-        skipped: list[tuple[int, str]] = []
-        for n, line in enumerate(raw.split(b"\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                skipped.append((n, "not UTF-8 text"))
-                continue
-            except ValueError:
-                skipped.append((n, "not JSON (cut by a crash?)"))
-                continue
-            why = _entry_problem(entry)
-            if why:
-                skipped.append((n, why))
-            else:
-                out.append(entry)
-        return out, skipped
+        return split_history(_history_lines(raw))
 
     # --- lock ----------------------------------------------------------------------------------
     @property
@@ -358,6 +340,41 @@ class StateStore:
 
 
 _HISTORY_TEXT = ("time", "user", "machine", "command", "host", "service", "action", "from", "to", "result", "detail")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A history row that could not be decoded at all, and why."""
+
+    why: str
+
+
+def _history_lines(raw: bytes) -> Iterator[tuple[int, Any]]:
+    """The lines of history.jsonl as (line number, parsed JSON or Unreadable); blank lines left out."""
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            entry: Any = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            entry = Unreadable("not UTF-8 text")
+        except ValueError:
+            entry = Unreadable("not JSON (cut by a crash?)")
+        yield n, entry
+
+
+def split_history(rows: Iterable[tuple[int, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """History rows (number, entry) of any backend as the entries recon can show, and the rows skipped as
+    (number, why): an `Unreadable` row, or JSON that is not an entry (a list, a field of the wrong type)."""
+    out: list[dict[str, Any]] = []
+    skipped: list[tuple[int, str]] = []
+    for n, entry in rows:
+        why = entry.why if isinstance(entry, Unreadable) else _entry_problem(entry)
+        if why:
+            skipped.append((n, why))
+        else:
+            out.append(entry)
+    return out, skipped
 
 
 def _entry_problem(entry: Any) -> str | None:

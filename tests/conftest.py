@@ -10,6 +10,10 @@
 - ``testhosts_spec`` (function): ``testhosts_spec(hosts, names=None)`` -> a recon spec `hosts:` mapping,
   ``{"node1": hosts[0].spec_entry(), ...}``.
 
+Test hosts share this machine's network namespace: a service a test runs on one must listen on that host's
+address (`{address}` in a spec), never on 127.0.0.1 or 0.0.0.0, or tests on other xdist workers (or other
+runs) that use the same port collide with it.
+
 A host that cannot boot FAILS the test (never skips), with the harness's error and console log.
 Tests that use these fixtures are marked `host` automatically (deselect with ``-m "not host"``).
 """

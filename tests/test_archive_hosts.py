@@ -47,14 +47,15 @@ class Web:
         spec.write_text(yaml.safe_dump({
             "version": 1, "hosts": {"node1": self.host.spec_entry()},
             "services": {"web": {
-                "version": self.version, "artifact": self.artifact, "port": PORT, "args": ["--port", "{port}"],
+                "version": self.version, "artifact": self.artifact, "port": PORT,
+                "args": ["--host", "{address}", "--port", "{port}"],   # its own address: hosts share the network
                 "keep_releases": 1, "restart": {"policy": "on-failure", "delay_s": 1},
-                "health": {"http": "http://127.0.0.1:{port}/health", "timeout_s": 20, "interval_s": 0.2}}}},
+                "health": {"http": "http://{address}:{port}/health", "timeout_s": 20, "interval_s": 0.2}}}},
             sort_keys=False))
         return recon(*args, "-f", str(spec), "--state", str(self.dir / "state"), cwd=self.dir, check=check)
 
     def get(self, path: str) -> str:
-        return _exec(self.host, f"curl -s -m 3 http://127.0.0.1:{PORT}{path}")
+        return _exec(self.host, f"curl -s -m 3 http://{self.host.address}:{PORT}{path}")
 
 
 OBSERVE = """
@@ -99,7 +100,7 @@ def test_an_archive_release_is_served_replaced_rolled_back_and_pruned(testhost: 
     assert web.get("/current.txt") == "release 1.0.0\n"
     assert json.loads(web.get("/health"))["root"] == f"{RELEASES}/1.0.0"
     unit = _exec(testhost, f"cat /etc/systemd/system/{UNIT}")
-    assert f"ExecStart={RELEASES}/1.0.0/bin/standin-tree --port {PORT}" in unit
+    assert f"ExecStart={RELEASES}/1.0.0/bin/standin-tree --host {testhost.address} --port {PORT}" in unit
     listing = _exec(testhost, f"cd {RELEASES}/1.0.0 && find . | sort").split()
     assert listing == [".", "./VERSION", "./bin", "./bin/standin-tree", "./lib", "./lib/serve.py",
                        "./provisioning-web.service", "./web.toml", "./www", "./www/current.txt", "./www/data",

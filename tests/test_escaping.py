@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.desired import _env_quote, _exec_quote, desired_state, parse_unit, render_secrets
@@ -72,8 +72,10 @@ def _doc(**fields: Any) -> dict[str, Any]:
 
 
 def _spec(tmp_path: Path, doc: dict[str, Any]) -> Any:
+    """`doc` written as YAML and loaded. Non-ASCII is written as escapes: PyYAML's writer puts a raw U+0085
+    in single quotes, which YAML reads back as a space (the loader refuses raw U+0085, U+2028, U+2029)."""
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+    path.write_text(yaml.safe_dump(doc, allow_unicode=False, sort_keys=False))
     return load_spec([path], check_artifacts=False)
 
 
@@ -233,7 +235,24 @@ def test_plan_reads_unit_lines_as_systemd_does() -> None:
 _ARG = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0\n\r"), max_size=12)
 
 
+def test_nel_in_args_and_env_reaches_the_unit_escaped(tmp_path: Path) -> None:
+    # found by hypothesis as args ['\x85\x85']: valid for the checks, but the spec file held it raw, which
+    # YAML read as a newline ("not on one line"). Written as escapes it is valid and one unit line each.
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_doc(args=["\x85\x85", "a\x85b"], env={"N": "\x85"}), sort_keys=False))
+    assert '"\\N\\N"' in path.read_text()
+    unit = desired_state(load_spec([path], check_artifacts=False), None)["n1"]["api"].unit_text
+    parsed = parse_unit(unit)
+    assert parsed["ExecStart"][0].endswith(' "\\u0085\\u0085" "a\\u0085b"')
+    assert parsed["Environment"] == ['"N=\\u0085"']
+    path.write_text(yaml.safe_dump(_doc(args=["\x85\x85"]), allow_unicode=True, sort_keys=False))
+    with pytest.raises(SpecError, match=r"spec\.yaml:\d+:\d+: unreadable text: a raw U\+0085 \(NEL\) character"):
+        load_spec([path], check_artifacts=False)
+
+
 @settings(max_examples=200, deadline=None)
+@example(description="", args=["\x85\x85"], env={})
+@example(description="", args=["\u2028"], env={"A": "\u2029\x85"})
 @given(description=st.text(st.characters(blacklist_categories=["Cs", "Cc"],
                                           blacklist_characters="\x85\u2028\u2029"), max_size=30),
        args=st.lists(_ARG, max_size=4), env=st.dictionaries(st.from_regex(r"[A-Z]{1,4}", fullmatch=True), _ARG,

@@ -277,3 +277,75 @@ def test_a_plan_reads_the_state_through_libpq_without_importing_psycopg(pg_url: 
         pgread.query(pg_url.rsplit("/", 1)[0] + "/no_such_db", "SELECT 1")
     assert not exc.value.connected and "no_such_db" in str(exc.value)
     assert pgread.query(pg_url, "SELECT 1, NULL::text, 'x'") == [["1", None, "x"]]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "directory"])
+def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_path: Path, backend: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # runner.lock_scope read the spec to know which hosts to lock, and pipeline.prepare read it again
+    import hashlib
+
+    import yaml
+
+    from reconciler import pipeline, runner
+    from reconciler import spec as spec_pkg
+
+    art = tmp_path / "api.bin"
+    art.write_bytes(b"#!/bin/sh\n")
+    artifact = {"path": str(art), "sha256": hashlib.sha256(art.read_bytes()).hexdigest()}
+    doc = {"version": 1, "hosts": {"n1": {"address": "127.0.0.1", "port": 1}},     # nothing listens there
+           "services": {"api": {"version": "1.0.0", "port": 8080, "artifact": artifact}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(doc))
+    calls: list[tuple[str, ...]] = []
+    real = spec_pkg.load_spec
+
+    def counting(files: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(files))
+        return real(files, *args, **kwargs)
+
+    monkeypatch.setattr(spec_pkg, "load_spec", counting)        # what lock_scope imports
+    monkeypatch.setattr(pipeline, "load_spec", counting)        # what prepare calls
+    locked: list[Any] = []
+    store = pipeline.open_store(pg_url if backend == "postgresql" else str(tmp_path / "st"))
+    real_lock = store.lock
+
+    def lock(*args: Any, **kwargs: Any) -> Any:
+        locked.append(kwargs.get("hosts"))
+        return real_lock(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lock", lock)
+    monkeypatch.setattr(pipeline, "open_store", lambda _option: store)
+
+    class UI:
+        def show_plan(self, plan: Any) -> None: ...
+        def confirm(self) -> None: ...
+        def on_event(self, event: Any) -> None: ...
+
+    req = runner.ApplyRequest(files=(str(tmp_path / "spec.yaml"),), auto_approve=True, state="unused")
+    with pytest.raises(runner.ReconError, match="could not be observed"):
+        runner.run_apply(req, UI())
+    assert calls == [(str(tmp_path / "spec.yaml"),)]
+    assert locked == ([["n1"]] if backend == "postgresql" else [None])
+
+
+def test_history_rows_that_are_not_entries_are_skipped_by_id_like_bad_lines_of_the_file(pg_url: str,
+                                                                                        tmp_path: Path) -> None:
+    good = {"time": "2026-01-02T03:04:05.000000Z", "user": "ops", "machine": "m", "command": "apply", "serial": 4,
+            "host": "node1", "service": "api", "action": "create", "from": None, "to": "1.0.0", "result": "created",
+            "detail": ""}
+    bad = [[1, 2], {**good, "time": 5}, {**good, "serial": "4"}]
+    store = PgStore(pg_url)
+    store.append_many([good])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for entry in bad:
+            conn.execute("INSERT INTO recon_history (lineage, at, entry) VALUES ('', '', %s)", (json.dumps(entry),))
+    store.append_many([{**good, "to": "1.0.1"}])
+    entries, skipped = PgStore(pg_url).read_history()
+    assert [e["to"] for e in entries] == ["1.0.0", "1.0.1"]
+    whys = ["not a history entry (found a list)", "time is a number 5, not text",
+            'serial is a string "4", not a whole number']
+    assert [why for _, why in skipped] == whys and [n for n, _ in skipped] == sorted(n for n, _ in skipped)
+    # the directory backend says the same of the same entries, by line number
+    (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(e) for e in [good, *bad, good]) + "\n")
+    file_entries, file_skipped = StateStore(str(tmp_path)).read_history()
+    assert file_entries == [good, good] and file_skipped == list(zip([2, 3, 4], whys, strict=True))

@@ -75,6 +75,37 @@ def test_cli_prints_the_problem_line(tmp_path):
     assert f"{bad}:29:26: malformed YAML:" in res.stderr and ":30:" not in res.stderr
 
 
+# ---------------------------------------------------------------- YAML 1.1's extra line breaks
+
+
+@pytest.mark.parametrize(("char", "name", "escape"), [("\x85", "U+0085 (NEL)", "\\N"),
+                                                      ("\u2028", "U+2028 (LINE SEPARATOR)", "\\L"),
+                                                      ("\u2029", "U+2029 (PARAGRAPH SEPARATOR)", "\\P")])
+@pytest.mark.parametrize("text", [
+    "version: 1\nservices:\n  a:\n    args: ['x{c}y']\n",      # inside quotes: a NEL was read as a space
+    "version: 1\n# a note{c}hosts: {{}}\n",                     # in a comment: the rest was read as YAML
+    "version: 1\ndescription: x{c}\n",
+])
+def test_a_raw_yaml11_line_break_is_refused_naming_the_character(any_loader, char, name, escape, text):
+    text = text.format(c=char)
+    message, line, col = _problem(text)
+    row = next(i for i, t in enumerate(text.split("\n"), 1) if char in t)
+    assert (line, col) == (row, text.split("\n")[row - 1].index(char) + 1)
+    assert message == f"unreadable text: a raw {name} character, which YAML reads as a line break"
+    with pytest.raises(SpecError) as info:
+        parse_text(text, "bad.yaml")
+    assert escape in info.value.problems[0].expected
+
+
+def test_a_raw_nel_in_json_is_refused_too_and_escaped_ones_are_read():
+    message, line, col = _problem('{"version": 1,\n "x": ["a\x85b"]}', "bad.json")
+    assert (line, col) == (2, 10) and "U+0085 (NEL)" in message and "JSON" in message
+    layer = parse_text('{"x": ["a\\u0085b", "\\u2028"]}', "ok.json")
+    assert layer.data == {"x": ["a\x85b", "\u2028"]}
+    layer = parse_text('x: ["a\\Nb", "\\x85", "\\L\\P"]\n', "ok.yaml")
+    assert layer.data == {"x": ["a\x85b", "\x85", "\u2028\u2029"]}
+
+
 # ---------------------------------------------------------------- too large
 
 

@@ -282,9 +282,32 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
     return Problem(f"malformed YAML: {what}", "", origin)
 
 
+# Line breaks for YAML 1.1 (PyYAML) but for nothing else that reads the file: YAML 1.2, JSON, editors,
+# diffs and reviewers. Raw, they change what the file means: a raw NEL inside quotes is read as a space
+# (two as a newline), and any of them ends a comment, so the text after it is read as YAML.
+_YAML11_BREAKS = {"\x85": ("U+0085 (NEL)", "\\N", "\\u0085"), "\u2028": ("U+2028 (LINE SEPARATOR)", "\\L", "\\u2028"),
+                  "\u2029": ("U+2029 (PARAGRAPH SEPARATOR)", "\\P", "\\u2029")}
+
+
+def _yaml11_break(text: str, file: str, json: bool) -> Problem | None:
+    """The first raw U+0085, U+2028 or U+2029 in the file, named with its line and column, or None."""
+    at = min((i for i in map(text.find, _YAML11_BREAKS) if i >= 0), default=-1)
+    if at < 0:
+        return None
+    name, yaml_escape, json_escape = _YAML11_BREAKS[text[at]]
+    how = f"{json_escape} in a string" if json else f"{yaml_escape} or {json_escape} in a double-quoted string"
+    reader = " (recon reads JSON with its YAML reader)" if json else ""
+    return Problem(f"unreadable text: a raw {name} character, which YAML reads as a line break{reader}", "",
+                   _offset_origin(file, text, at, False), expected=f"the escape {how}, or no such character")
+
+
 def parse_text(text: str, file: str) -> Layer:
     """Parse YAML/JSON text; raise SpecError with line and column on malformed input."""
-    loader = _JsonLoader if file.lower().endswith(".json") else _Loader
+    is_json = file.lower().endswith(".json")
+    loader = _JsonLoader if is_json else _Loader
+    raw_break = _yaml11_break(text, file, is_json)
+    if raw_break is not None:
+        raise SpecError([raw_break])
     try:
         nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:

@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 exec python3 "$here/lib/serve.py" --root "$here" "$@"
 """
 
-_SERVE = '''"""Serve ROOT/www over HTTP on 127.0.0.1:PORT; /health answers the release's version."""
+_SERVE = '''"""Serve ROOT/www over HTTP on HOST:PORT (default 127.0.0.1:8080); /health answers the release's version."""
 import argparse
 import functools
 import http.server
@@ -28,6 +28,7 @@ import os
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--root", required=True)
+parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8080)
 args = parser.parse_args()
 version = open(os.path.join(args.root, "VERSION")).read().strip()
@@ -50,7 +51,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 handler = functools.partial(Handler, directory=os.path.join(args.root, "www"))
-http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler).serve_forever()
+http.server.ThreadingHTTPServer((args.host, args.port), handler).serve_forever()
 '''
 
 
