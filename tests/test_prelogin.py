@@ -35,7 +35,8 @@ def test_the_cache_key_follows_the_command_line_and_every_spec_byte(tmp_path: Pa
     assert prelogin.cache_key(["status", "-f", "a.yaml"]) not in (None, key)
     assert prelogin.cache_key(["logs", "-n", "50", "-f", "a.yaml"]) not in (None, key)
     assert prelogin.cache_key(["logs", "-f", "a.yaml", "--follow"]) is None   # streams through pyinfra
-    for other in (["apply", "-f", "a.yaml"], ["plan", "-f", "a.yaml", "--help"], ["plan", "-f", "gone.yaml"], []):
+    assert prelogin.cache_key(["apply", "-f", "a.yaml"]) not in (None, key)   # observes like plan
+    for other in (["apply", "saved.plan"], ["plan", "-f", "a.yaml", "--help"], ["plan", "-f", "gone.yaml"], []):
         assert prelogin.cache_key(other) is None, other
     (tmp_path / "a.yaml").write_text("version: 1 \n")
     assert prelogin.cache_key(["plan", "-f", "a.yaml"]) != key
@@ -117,6 +118,12 @@ def test_a_second_plan_uses_the_logins_started_before_its_spec_was_read(testhost
     logs2, seen = _probe(m, env, "logs", "-n", "5")
     assert logs2.returncode == 0 and seen == {"started": ["node1"], "spawned": 0, "left": []}, (logs2.stderr, seen)
     assert logs1.stdout.strip() and logs2.stdout.strip(), (logs1.stdout, logs2.stdout)
+    # a converged `recon apply` observes like plan: its second run too uses the login started before its spec
+    apply1, seen = _probe(m, env, "apply", "--auto-approve")
+    assert apply1.returncode == 0 and seen == {"started": [], "spawned": 1, "left": []}, (apply1.stderr, seen)
+    apply2, seen = _probe(m, env, "apply", "--auto-approve")
+    assert apply2.returncode == 0 and seen == {"started": ["node1"], "spawned": 0, "left": []}, (apply2.stderr, seen)
+    assert "No changes" in apply2.stdout, apply2.stdout
     # RECON_NO_CACHE: nothing started, nothing written
     off, seen = _probe(m, {**env, "RECON_NO_CACHE": "1"}, "plan", "--detailed-exitcode")
     assert off.returncode == 0 and seen["started"] == [] and seen["spawned"] == 1, seen
