@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from reconciler.spec.model import Host
 
-COMMANDS = ("plan", "apply", "status", "drift", "logs")   # those that observe through `pipeline.prepare(connect_early=True)`
+# the commands that observe through `pipeline.prepare(connect_early=True)`
+COMMANDS = ("plan", "apply", "status", "drift", "logs")
 NOT_EARLY = ("--follow",)                        # ... except with these (`recon logs --follow` streams via pyinfra)
 FIELDS = ("address", "port", "user", "ssh_key", "known_hosts")
 KEEP = 256                                      # records kept in the cache directory
