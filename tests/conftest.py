@@ -44,6 +44,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.host)
 
 
+def _keep_the_gevent_hub_alive() -> None:
+    """An xdist worker waits for its next test on an Event that execnet's own (native) thread sets. Once a
+    test has imported recon's transport, which gevent-patches the process, that wait runs in gevent's hub,
+    which sees nothing else to wait for and gives up (LoopExit: the worker crashes). A greenlet that naps
+    keeps the hub waiting until the Event is set."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading") or getattr(monkey, "_recon_keepalive", False):
+        return
+    import gevent
+
+    def nap() -> None:
+        while True:
+            gevent.sleep(0.05)
+
+    monkey._recon_keepalive = gevent.spawn(nap)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish() -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _keep_the_gevent_hub_alive()
+
+
 def forget_known_hosts_cache() -> None:
     """pyinfra memoizes known_hosts per path for the process: drop that after (re)boots. Imported here,
     not at the top: importing recon's transport gevent-patches the process, which only tests that
