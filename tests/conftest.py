@@ -34,6 +34,12 @@ POOL_BASE = Path(os.environ.get("RECON_TEST_HOSTS_BASE", "/tmp/recon-pytest-host
 SLOTS = 40  # concurrent pytest runs (or xdist workers) on one machine; slot K uses net 127.0.(200+K)
 HOST_FIXTURES = frozenset({"testhosts_pool", "testhost", "make_testhosts"})
 
+# recon's output is as wide as $COLUMNS, else unwrapped on a pipe: the tests read it as a pipe gets it,
+# whatever started pytest (xdist workers start with COLUMNS=80 LINES=24, which wrapped plans and tables).
+# A test that wants a width sets COLUMNS itself.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
+
 MakeTestHosts = Callable[[int], list[TestHost]]
 HostsSpec = Callable[..., dict[str, dict[str, object]]]
 
