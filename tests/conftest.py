@@ -34,6 +34,12 @@ POOL_BASE = Path(os.environ.get("RECON_TEST_HOSTS_BASE", "/tmp/recon-pytest-host
 SLOTS = 40  # concurrent pytest runs (or xdist workers) on one machine; slot K uses net 127.0.(200+K)
 HOST_FIXTURES = frozenset({"testhosts_pool", "testhost", "make_testhosts"})
 
+# recon's output is as wide as $COLUMNS, else unwrapped on a pipe: the tests read it as a pipe gets it,
+# whatever started pytest (xdist workers start with COLUMNS=80 LINES=24, which wrapped plans and tables).
+# A test that wants a width sets COLUMNS itself.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
+
 MakeTestHosts = Callable[[int], list[TestHost]]
 HostsSpec = Callable[..., dict[str, dict[str, object]]]
 
@@ -42,6 +48,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.host)
+
+
+def _keep_the_gevent_hub_alive() -> None:
+    """An xdist worker waits for its next test on an Event that execnet's own (native) thread sets. Once a
+    test has imported recon's transport, which gevent-patches the process, that wait runs in gevent's hub,
+    which sees nothing else to wait for and gives up (LoopExit: the worker crashes). A greenlet that naps
+    keeps the hub waiting until the Event is set."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading") or getattr(monkey, "_recon_keepalive", False):
+        return
+    import gevent
+
+    def nap() -> None:
+        while True:
+            gevent.sleep(0.05)
+
+    monkey._recon_keepalive = gevent.spawn(nap)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish() -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _keep_the_gevent_hub_alive()
 
 
 def forget_known_hosts_cache() -> None:

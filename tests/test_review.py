@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,8 @@ def test_removing_a_host_that_still_has_services(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- secrets
-def test_secret_values_are_never_read_or_printed(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
-                                                 ) -> None:
+def test_secret_values_are_never_read_or_printed(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 request: pytest.FixtureRequest) -> None:
     """The spec holds references; the values live in the environment and a file at run time. The review
     must not read them (they would be the only way a canary could reach the output), and an env var whose
     name looks secret has its value hidden even though it is written in the spec."""
@@ -301,7 +302,9 @@ def test_secret_values_are_never_read_or_printed(tmp_path: Path, repo: Path, mon
                 "DB_PASSWORD": "canary-file-c0de"}
     for var in ("VAULT_TOKEN", "VAULT_TOKEN_V2"):
         monkeypatch.setenv(var, canaries[var])
-    pw = write(tmp_path / "db-password", canaries["DB_PASSWORD"])
+    short = Path(tempfile.mkdtemp(prefix="rv-"))   # a value is shown whole up to 80 characters: under xdist,
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))   # tmp_path is 10 longer (popen-gwN)
+    pw = write(short / "db-password", canaries["DB_PASSWORD"])
     in_spec_canary = "canary-in-spec-5ee1"
     p = repo / "specs" / "platform.yaml"
     text = p.read_text().replace(

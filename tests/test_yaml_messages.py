@@ -80,12 +80,13 @@ def test_cli_prints_the_problem_line(tmp_path):
 
 @pytest.mark.parametrize(("char", "name", "escape"), [("\x85", "U+0085 (NEL)", "\\N"),
                                                       ("\u2028", "U+2028 (LINE SEPARATOR)", "\\L"),
-                                                      ("\u2029", "U+2029 (PARAGRAPH SEPARATOR)", "\\P")])
+                                                      ("\u2029", "U+2029 (PARAGRAPH SEPARATOR)", "\\P")],
+                         ids=["NEL", "LS", "PS"])
 @pytest.mark.parametrize("text", [
     "version: 1\nservices:\n  a:\n    args: ['x{c}y']\n",      # inside quotes: a NEL was read as a space
     "version: 1\n# a note{c}hosts: {{}}\n",                     # in a comment: the rest was read as YAML
     "version: 1\ndescription: x{c}\n",
-])
+], ids=["in-quotes", "in-a-comment", "in-a-plain-scalar"])
 def test_a_raw_yaml11_line_break_is_refused_naming_the_character(any_loader, char, name, escape, text):
     text = text.format(c=char)
     message, line, col = _problem(text)
