@@ -21,7 +21,7 @@ import hashlib
 import io
 import shlex
 import tarfile
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pyinfra.api import operation
@@ -281,6 +281,3 @@ def start_wave(items: Sequence[WaveItem]) -> Generator[StringCommand, None, None
 def timeout_of(items: Sequence[WaveItem]) -> int:
     return hs.bounce_timeout([it.d for it in items])
 
-
-def by_service(items: Sequence[WaveItem]) -> Mapping[str, WaveItem]:
-    return {it.d.service: it for it in items}
