@@ -323,8 +323,7 @@ class Applier:
                                           "the switch may be incomplete; no restart, no health check")
             elif c.service not in placed.staged:
                 self.recorder.restore(host, c.service, before[c.service])   # nothing of it was switched
-                detail = self.staging_failed(host, c, it, errors, placed.df.get(c.service, ""),
-                                             len(it.artifact))
+                detail = self.staging_failed(host, c, it, errors, placed.df.get(c.service, ""))
             elif c.service in placed.switched:
                 detail = "switching failed: systemctl daemon-reload failed"
             else:
@@ -333,12 +332,12 @@ class Applier:
             self.outcome(c, Result.FAILED, detail)
         return switched
 
-    def staging_failed(self, host: str, c: Change, it: ops.WaveItem, errors: str, df_line: str, size: int) -> str:
+    def staging_failed(self, host: str, c: Change, it: ops.WaveItem, errors: str, df_line: str) -> str:
         """Why staging a service failed, saying so when the host has no space left for it (from the `df -Pk` of
         its release directory). A release this apply created was removed by the place command."""
         d = it.d
         removed = f"; the partial release {d.release_dir} was removed" if it.new_release else ""
-        need = (size if c.action in _NEW_RELEASE else 0) + len(d.config_text) + len(d.unit_text) + (
+        need = (len(it.artifact) if c.action in _NEW_RELEASE else 0) + len(d.config_text) + len(d.unit_text) + (
             len(d.secrets_text) if d.secret_names else 0)
         fields = df_line.split()
         avail = int(fields[3]) * 1024 if len(fields) >= 6 and fields[3].isdigit() else None
@@ -351,7 +350,7 @@ class Applier:
             return (f"no space left on {host} at {d.release_dir}: {avail // 1024} KiB free on {mount}, release "
                     f"{d.version} needs {-(-need // 1024)} KiB{removed}. Nothing was switched: {before}. Free "
                     f"space on {mount} on {host}, then run `recon apply` again")
-        if errors.startswith("refused: ") or "refused: " in errors:
+        if "refused: " in errors:
             return errors
         return f"preparing the release failed: {errors}{removed}; nothing was switched"
 
