@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.lock
 
 from reconciler import external, ownership
 from reconciler import hostscripts as hs
@@ -60,7 +61,7 @@ class Applier:
         self.command = command
         self.auto_rollback = auto_rollback
         self.state: State = run.state
-        self.recorder = Recorder(run.store, run.state, run.salt, command)
+        self.recorder = Recorder(run.store, run.state, run.salt, command, lock=gevent.lock.RLock())
         self.result = ApplyResult()
         self.artifacts: dict[str, bytes] = {}
         self.fallback: dict[tuple[str, str], str | None] = {}   # (host, service) -> release to go back to

@@ -70,10 +70,12 @@ class Operator:
     order on each host); `on_event(host, service, ok, detail)` hears each step as it ends."""
 
     def __init__(self, run: Any, session: Any, op: Op, reason: str | None, on_event: Callable[..., None]) -> None:
+        from gevent.lock import RLock
+
         from reconciler.recorder import Recorder
 
         self.run, self.session, self.op, self.reason, self.on_event = run, session, op, reason, on_event
-        self.recorder = Recorder(run.store, run.state, run.salt, command=f"recon {op}")
+        self.recorder = Recorder(run.store, run.state, run.salt, command=f"recon {op}", lock=RLock())
         self.outcomes: list[OpOutcome] = []
 
     def host(self, host: str, services: list[str]) -> None:

@@ -1,5 +1,5 @@
-"""The plan/observe path through the OpenSSH client (`reconciler/openssh.py`): a converged `plan`, `status`
-and `drift` import none of pyinfra, gevent, paramiko, deepdiff or psycopg (directory state); a saved plan
+"""The plan/observe path through the OpenSSH client (`reconciler/openssh.py`): a converged `plan`, `apply`,
+`status` and `drift` import none of pyinfra, gevent, paramiko, deepdiff or psycopg (directory state); a saved plan
 still applies; host keys stay strictly checked (a changed or absent key is refused before any command runs)."""
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ def test_ssh_argv_checks_host_keys_strictly_against_the_spec_files_only() -> Non
 
 
 @pytest.mark.host
-def test_a_converged_plan_status_and_drift_import_no_pyinfra_gevent_paramiko_or_deepdiff(
+def test_a_converged_plan_apply_status_and_drift_import_no_pyinfra_gevent_paramiko_or_deepdiff(
         testhost: TestHost, tmp_path: Path, artifacts: Any) -> None:
     m = Mini(tmp_path, [testhost], artifacts)
     m.apply()
     heavy, out = probe(m, "plan", "--detailed-exitcode")
     assert out.startswith("No changes."), out
     assert heavy == [], heavy
+    # a converged apply takes the lock, settles its records and opens no pyinfra session: none of them either
+    heavy, out = probe(m, "apply", "--auto-approve")
+    assert out.startswith("No changes.") and heavy == [], (heavy, out)
     heavy, out = probe(m, "status")
     assert heavy == [] and "orchestrator" in out, (heavy, out)
     heavy, out = probe(m, "drift")
