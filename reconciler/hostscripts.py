@@ -90,16 +90,13 @@ def bounce_lines(restart: Sequence[str] = (), reload: Sequence[str] = ()) -> lis
     return lines
 
 
-def bounce_script(services: Sequence[tuple[DesiredService, Effect]], enable: bool = False) -> str:
-    """Bounce-and-check: enable the units (a wave's), start or restart those whose effect says so without
+def bounce_script(services: Sequence[tuple[DesiredService, Effect]]) -> str:
+    """Bounce-and-check: start or restart the units whose effect says so without
     touching their dependents, reload the others that reload, then wait for the health of every one of them
     at once (`RESULT` lines; `PROBE` lines while a check waits)."""
     stopped = [d for d, _ in services if d.run == "stopped"]           # `run: stopped`: deployed, not started
     running = [(d, e) for d, e in services if d.run != "stopped"]
-    units = [d.unit_name for d, _ in running]
     lines = [HEALTH_FN]
-    if enable and units:
-        lines.append(f"systemctl enable -q {' '.join(q(u) for u in units)} 2>&1 || true")
     if stopped:
         lines.append(f"systemctl disable -q --now {' '.join(q(d.unit_name) for d in stopped)} 2>&1 || true")
         lines += [f"printf 'RESULT\\t%s\\tok\\t%s\\n' {q(d.service)} 'not started (run: stopped)'; "

@@ -56,8 +56,8 @@ class Phase(StrEnum):
     """The parts of a wave on a host that `ApplyResult.phases` times (bench/apply_phases.py reads them)."""
 
     UPLOAD = "upload"        # the one tar of the wave's files
-    SWITCH = "switch"        # the place command: checks, accounts and dirs, files, switch, daemon-reload
-    START = "start"          # enable + start/restart/reload, until systemctl returns
+    SWITCH = "switch"        # the place command: checks, accounts and dirs, files, switch, enable, daemon-reload
+    START = "start"          # start/restart/reload, until systemctl returns
     HEALTH = "health"        # from then until every health check of the wave has answered
 
 

@@ -173,16 +173,15 @@ def test_staging_cleanup_removes_the_release_and_reports_free_space(tmp_path: Pa
 
 
 # --------------------------------------------------------------------------------------------- bounce and check
-def test_bounce_enables_restarts_reloads_then_checks_every_service(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
+def test_bounce_restarts_reloads_then_checks_every_service(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
     a, b, c = _svc(tmp_path, "api"), _svc(tmp_path, "web"), _svc(tmp_path, "db", health_url=None)
-    script = hs.bounce_script([(a, Effect.START), (b, Effect.RELOAD), (c, Effect.DAEMON_RELOAD)], enable=True)
+    script = hs.bounce_script([(a, Effect.START), (b, Effect.RELOAD), (c, Effect.DAEMON_RELOAD)])
     res = sh(script)
     assert res.returncode == 0, res.stderr
     assert hs.parse_results(res.stdout) == {"api": (True, "HTTP 200 after 0s"), "web": (True, "HTTP 200 after 0s"),
                                             "db": (True, "active")}
     log = _log(tmp_path)
-    assert log[:3] == ["enable -q provisioning-api.service provisioning-web.service provisioning-db.service",
-                       "restart --job-mode=ignore-requirements provisioning-api.service",
+    assert log[:2] == ["restart --job-mode=ignore-requirements provisioning-api.service",
                        "reload provisioning-web.service"]
     assert sum(x.startswith("curl ") and "--noproxy *" in x for x in log) == 2
 
@@ -198,7 +197,9 @@ def test_bounce_of_one_service_has_no_enable_and_reports_a_failed_unit(tmp_path:
 def test_health_check_that_never_answers_fails_after_its_timeout_with_probes(tmp_path: Path, sh) -> None:  # type: ignore[no-untyped-def]
     d = _svc(tmp_path, health_timeout_s=1.0, health_interval_s=0.2)
     res = sh(hs.bounce_script([(d, Effect.RELOAD)]), CODE="503")
-    assert hs.parse_results(res.stdout) == {"api": (False, "HTTP 503 after 1s")}
+    # the gate gives up once its 1 s have passed; the last probe may end in the second after (a loaded machine)
+    assert hs.parse_results(res.stdout) in ({"api": (False, "HTTP 503 after 1s")},
+                                            {"api": (False, "HTTP 503 after 2s")})
     assert any(line.startswith("PROBE\tapi\t503\t") for line in res.stdout.splitlines())
     assert hs.bounce_timeout([d, _svc(tmp_path, health_timeout_s=30.5)]) == 90
 

@@ -193,7 +193,9 @@ def test_place_puts_every_file_with_its_owner_and_mode_switches_and_reloads_once
     assert Path(api.env_path).read_bytes() == api.secrets_text.encode() and _mode(api.env_path) == "600 0:0"
     assert os.readlink(f"{api.service_dir}/current") == "releases/2.0"
     assert Path(api.unit_path).read_text() == api.unit_text
-    assert place.log.read_text().splitlines() == ["daemon-reload"]
+    # enabled without a reload of its own; the one daemon-reload loads units and enablement together
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-api.service "
+                                                  "provisioning-web.service", "daemon-reload"]
     assert ("dir", api.service_dir) in pr.created["api"]
     assert not [p for p in Path(api.release_dir).iterdir() if "recon-tmp" in p.name]
 
@@ -207,6 +209,13 @@ def test_place_refuses_one_service_and_still_switches_the_other(place) -> None: 
     assert not Path(items[0].d.release_dir).exists()       # the new release it began is removed
     assert not os.path.lexists(f"{items[0].d.service_dir}/current")
     assert pr.df.get("api", "").split()[-1].startswith("/")     # the df line of its release directory
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-web.service", "daemon-reload"]
+
+
+def test_place_enables_only_the_services_that_run(place) -> None:  # type: ignore[no-untyped-def]
+    res, pr = place(_wave(place.root, web={"run": "stopped"}))     # deployed, not started: the start disables it
+    assert res.returncode == 0 and pr.switched == {"api", "web"}, res.stderr
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-api.service", "daemon-reload"]
 
 
 def test_a_tampered_upload_places_nothing(place) -> None:  # type: ignore[no-untyped-def]
