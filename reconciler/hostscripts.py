@@ -27,10 +27,14 @@ JOB_MODE = "--job-mode=ignore-requirements"   # restart only this unit; dependen
 
 # `check NAME UNIT URL TIMEOUT INTERVAL STATUS [KEY CANONICAL SHOWN]...`: with fields after STATUS
 # (`health.expect_json`), the answer's body must also carry them (reconciler.healthjson's awk matcher).
+# Seconds are read from /proc/uptime by the shell itself (monotonic, and no `date` process per probe).
 _CHECK_FN = r"""okmark() { if [ -n "${RECON_OKDIR:-}" ]; then : > "$RECON_OKDIR/$1"; fi; }
+secs() {
+  if read -r RECON_UP _ 2>/dev/null < /proc/uptime; then RECON_UP=${RECON_UP%.*}; else RECON_UP=$(date +%s); fi
+}
 check() {
   n=$1; u=$2; url=$3; t=$4; iv=$5; want=$6; shift 6
-  start=$(date +%s); end=$((start + t))
+  secs; start=$RECON_UP; end=$((start + t))
   while :; do
     if ! systemctl is-active -q "$u"; then
       st=$(systemctl show -p ActiveState,SubState,Result --value "$u" | tr '\n' ' ')
@@ -46,7 +50,7 @@ check() {
     else
       code=$(curl -q -g -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null)
     fi
-    now=$(date +%s)
+    secs; now=$RECON_UP
     if [ "$code" = "$want" ] && [ -z "$why" ]; then
       echo "RESULT	$n	ok	HTTP $code after $((now - start))s"; okmark "$n"; return; fi
     if [ "$now" -ge "$end" ]; then

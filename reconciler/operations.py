@@ -168,16 +168,16 @@ def _switch_lines(it: WaveItem) -> list[str]:
         lines.append(hs.artifact_check(d) + " || "
                      f"{{ echo 'the artifact on the host does not match sha256 {d.sha256}' >&2; exit 4; }}")
     lines += hs.switch_steps(d, d.version)
-    lines.append(f"rm -rf /etc/systemd/system.control/{q(d.unit_name)}.d "
-                 f"/run/systemd/system.control/{q(d.unit_name)}.d")
+    u = q(d.unit_name)
+    lines.append(f"for x in /etc/systemd/system.control/{u}.d /run/systemd/system.control/{u}.d; "
+                 'do { [ ! -e "$x" ] && [ ! -L "$x" ]; } || rm -rf -- "$x"; done')
     return lines
 
 
 def place_script(items: Sequence[WaveItem], token: str, members: Sequence[tuple[str, bytes, int]]) -> str:
     """The one command after the upload (see the module docstring). Prints per service `STAGE\\tS`, its
     `CREATED\\tKIND\\tNAME` marks, then `STAGED\\tS` or `FAILED\\tS\\tstage` with `ERR\\tS\\tLINE` (and `DF\\tS\\tLINE`,
-    the `df -Pk` of its release directory), then `SWITCHED\\tS` or `FAILED\\tS\\tswitch`; `RELOADED` at the end, once
-    the units are loaded (by one daemon-reload, or by systemd itself when every unit is new to the host)."""
+    the `df -Pk` of its release directory), then `SWITCHED\\tS` or `FAILED\\tS\\tswitch`; `RELOADED` at the end."""
     up = q(upload_dest(token))
     lines = ["set -u", "umask 022",
              f"st=$(mktemp -d {STAGE_DIR}/recon-wave-{token}.XXXXXX) || "
@@ -206,35 +206,22 @@ def place_script(items: Sequence[WaveItem], token: str, members: Sequence[tuple[
                   f"  printf 'FAILED\\t%s\\tstage\\n' {s}; sed \"s/^/ERR\\t\"{s}\"\\t/\" \"$st\"/err.{s}",
                   f"  ( {cleanup} ) 2>/dev/null | sed \"s/^/DF\\t\"{s}\"\\t/\"; ok_{_var(svc)}=0",
                   "fi"]
-    lines += ["en=; new=; nnew=0; rl="]
+    lines += ["en="]
     for it in items:
         s, svc, d = q(it.d.service), it.d.service, it.d
         body = "\n".join(_switch_lines(it))
         enable = f" en=\"$en \"{q(d.unit_name)};" if d.run != "stopped" else ""
-        # a unit the host never had (no file, no run-time drop-ins, nothing to remove) needs no daemon-reload
-        fresh = " ".join(f"[ ! -e {x} ] && [ ! -L {x} ] &&" for x in (
-            q(d.unit_path), q(f"/etc/systemd/system.control/{d.unit_name}.d"),
-            q(f"/run/systemd/system.control/{d.unit_name}.d")))
-        seen = ("rl=1" if it.dropins else
-                f"if {fresh} true; then new=\"$new \"{q(d.unit_name)}; nnew=$((nnew + 2)); else rl=1; fi")
         lines += [f'if [ "$ok_{_var(svc)}" = 1 ]; then',
-                  f"  {seen}",
                   f"  (set -e\n{body}\n) 2> \"$st\"/err.{s}; rc=$?",
                   f'  if [ "$rc" = 0 ]; then printf \'SWITCHED\\t%s\\n\' {s};{enable} else',
-                  f"    rl=1; printf 'FAILED\\t%s\\tswitch\\n' {s}; sed \"s/^/ERR\\t\"{s}\"\\t/\" \"$st\"/err.{s}; fi",
+                  f"    printf 'FAILED\\t%s\\tswitch\\n' {s}; sed \"s/^/ERR\\t\"{s}\"\\t/\" \"$st\"/err.{s}; fi",
                   "fi"]
-    # Enabled without a reload of its own (`systemctl enable` reloads the manager: ~80 ms of PID 1 per call).
-    # Units that are all new to the host are loaded by systemd itself once their files are there (systemd 246
-    # and newer reload a unit not found before when its directory changed): asked for their LoadState and
-    # NeedDaemonReload, each must say `loaded` and `no`, else (an older systemd, anything else) one
-    # daemon-reload loads every unit and its enablement. RELOADED: the wave's units are loaded.
+    # Enabled without a reload of its own (`systemctl enable` reloads the manager: ~80 ms of PID 1 per call); the
+    # one daemon-reload after it loads the units and their enablement together. Not skipped for units new to the
+    # host, though systemd 246+ would load them on demand: the manager would not know that multi-user.target
+    # wants them, and would forget a stopped one's state (its timestamps) at once.
     lines += ['[ -z "$en" ] || systemctl enable --no-reload -q $en >&2 || true',
-              'if [ -z "$rl" ] && [ -n "$new" ] && '
-              'lst=$(systemctl show -p LoadState,NeedDaemonReload --value $new); then',
-              '  n=0; for w in $lst; do case $w in loaded|no) n=$((n + 1));; *) rl=1;; esac; done',
-              '  [ "$n" = "$nnew" ] || rl=1',
-              "else rl=1; fi",
-              'if [ -z "$rl" ]; then echo RELOADED; else systemctl daemon-reload && echo RELOADED; fi']
+              "systemctl daemon-reload && echo RELOADED"]
     return "\n".join(lines) + "\n"
 
 

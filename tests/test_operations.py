@@ -132,7 +132,6 @@ esac
 """
 SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$LOG"
-[ "$1" != show ] || printf "$SHOW"
 """
 
 
@@ -148,13 +147,13 @@ def place(tmp_path: Path):  # type: ignore[no-untyped-def]
     root = str(tmp_path / "host")
     Path(root, "etc/systemd/system").mkdir(parents=True)     # there on every systemd host
 
-    def run(items: list[ops.WaveItem], tamper: bool = False, show: str = ""
+    def run(items: list[ops.WaveItem], tamper: bool = False
             ) -> tuple[subprocess.CompletedProcess[str], ops.PlaceResult]:
         token = hashlib.sha256(root.encode()).hexdigest()[:12]
         members = ops.upload_members(items)
         up = Path(ops.upload_dest(token))
         up.write_bytes(ops.upload_tar([(n, b"tampered\n" if tamper else d, m) for n, d, m in members]))
-        env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "LOG": str(tmp_path / "log"), "SHOW": show}
+        env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "LOG": str(tmp_path / "log")}
         res = subprocess.run(["/bin/sh", "-c", ops.place_script(items, token, members)],
                              input=ops.secrets_stdin(items), capture_output=True, text=True, timeout=60, env=env)
         assert not up.exists(), "the upload is removed in any case"
@@ -194,11 +193,9 @@ def test_place_puts_every_file_with_its_owner_and_mode_switches_and_reloads_once
     assert Path(api.env_path).read_bytes() == api.secrets_text.encode() and _mode(api.env_path) == "600 0:0"
     assert os.readlink(f"{api.service_dir}/current") == "releases/2.0"
     assert Path(api.unit_path).read_text() == api.unit_text
-    # enabled without a reload of its own; new units that systemd does not say it loaded: one daemon-reload
-    assert place.log.read_text().splitlines() == [
-        "enable --no-reload -q provisioning-api.service provisioning-web.service",
-        "show -p LoadState,NeedDaemonReload --value provisioning-api.service provisioning-web.service",
-        "daemon-reload"]
+    # enabled without a reload of its own; the one daemon-reload loads units and enablement together
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-api.service "
+                                                  "provisioning-web.service", "daemon-reload"]
     assert ("dir", api.service_dir) in pr.created["api"]
     assert not [p for p in Path(api.release_dir).iterdir() if "recon-tmp" in p.name]
 
@@ -212,41 +209,13 @@ def test_place_refuses_one_service_and_still_switches_the_other(place) -> None: 
     assert not Path(items[0].d.release_dir).exists()       # the new release it began is removed
     assert not os.path.lexists(f"{items[0].d.service_dir}/current")
     assert pr.df.get("api", "").split()[-1].startswith("/")     # the df line of its release directory
-    assert place.log.read_text().splitlines()[0] == "enable --no-reload -q provisioning-web.service"
-    assert place.log.read_text().splitlines()[-1] == "daemon-reload"     # a switch failed: reload, whatever it says
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-web.service", "daemon-reload"]
 
 
 def test_place_enables_only_the_services_that_run(place) -> None:  # type: ignore[no-untyped-def]
     res, pr = place(_wave(place.root, web={"run": "stopped"}))     # deployed, not started: the start disables it
     assert res.returncode == 0 and pr.switched == {"api", "web"}, res.stderr
-    assert place.log.read_text().splitlines()[0] == "enable --no-reload -q provisioning-api.service"
-
-
-LOADED = "loaded\nno\n\nloaded\nno\n"       # what systemd 252 prints for two units it loaded on its own
-
-
-def test_units_new_to_the_host_that_systemd_loaded_need_no_daemon_reload(place) -> None:  # type: ignore[no-untyped-def]
-    res, pr = place(_wave(place.root), show=LOADED)
-    assert res.returncode == 0 and pr.switched == {"api", "web"} and pr.reloaded, res.stderr
-    assert "daemon-reload" not in place.log.read_text().splitlines()
-
-
-@pytest.mark.parametrize("show", ["loaded\nno\n\nnot-found\nno\n",      # an older systemd: not loaded
-                                  "loaded\nyes\n\nloaded\nno\n",        # loaded, but from an older file
-                                  "loaded\nno\n"])                         # one unit missing from the answer
-def test_a_unit_systemd_did_not_load_as_it_is_on_disk_gets_one_daemon_reload(place, show: str) -> None:  # type: ignore[no-untyped-def]
-    res, pr = place(_wave(place.root), show=show)
-    assert res.returncode == 0 and pr.reloaded, res.stderr
-    assert place.log.read_text().splitlines()[-1] == "daemon-reload"
-
-
-def test_a_unit_file_that_was_there_gets_one_daemon_reload_and_no_question(place) -> None:  # type: ignore[no-untyped-def]
-    items = _wave(place.root)
-    Path(items[1].d.unit_path).write_text("[Unit]\n")            # web's unit was on the host: replaced, reloaded
-    res, pr = place(items, show=LOADED)
-    assert res.returncode == 0 and pr.switched == {"api", "web"}, res.stderr
-    log = place.log.read_text().splitlines()
-    assert log[-1] == "daemon-reload" and not [x for x in log if x.startswith("show")], log
+    assert place.log.read_text().splitlines() == ["enable --no-reload -q provisioning-api.service", "daemon-reload"]
 
 
 def test_a_tampered_upload_places_nothing(place) -> None:  # type: ignore[no-untyped-def]
