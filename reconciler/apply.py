@@ -274,10 +274,11 @@ class Applier:
         new_release = c.action in _NEW_RELEASE and (o is None or (
             d.version != o.current and (d.version not in o.releases or o.want_binary_sha != d.sha256)))
         keep = {d.version} | ({p} if (p := self._previous(host, c)) else set())
+        releases = set(o.releases if o else ()) | {d.version}     # what the host keeps once this wave placed it
         return ops.WaveItem(d, c.effect, release=release, files=files, in_place=c.action in _SAME_RELEASE,
                             new_release=new_release, mine=frozenset(self.recorder.mine(host, d.service)),
                             dropins=tuple(self._dropins_to_remove(host, c)), keep=frozenset(keep),
-                            artifact=self._artifact(d) if release else b"")
+                            prune=len(releases) > d.keep_releases, artifact=self._artifact(d) if release else b"")
 
     def place(self, host: str, wave: int, items: list[tuple[Change, ops.WaveItem]]) -> set[str]:
         """Upload and place the wave's files, then switch (records written before anything is switched).

@@ -48,7 +48,8 @@ class WaveItem:
     config, unit (and env file); in_place: the running release's files change, so keep them beside it as
     `*.prev` first; new_release: the release directory is this apply's (removed if staging fails); mine: the
     directories recon created for it (`recorder.mine`); dropins: run-time drop-ins to remove; effect: what
-    the start does; keep: the releases pruning keeps besides the newest `keep_releases`."""
+    the start does; keep: the releases pruning keeps besides the newest `keep_releases`; prune: the host may
+    keep more releases than that (not on a first install: nothing to prune, no processes for it)."""
 
     d: DesiredService
     effect: Effect
@@ -59,6 +60,7 @@ class WaveItem:
     mine: frozenset[str] = frozenset()
     dropins: tuple[str, ...] = ()
     keep: frozenset[str] = frozenset()
+    prune: bool = True
     artifact: bytes = field(default=b"", repr=False)   # the checked artifact (when `release`)
 
 
@@ -280,7 +282,7 @@ def start_script(items: Sequence[WaveItem]) -> str:
     of its own for it."""
     lines = ['RECON_OKDIR=$(mktemp -d) || exit 3', "trap 'rm -rf -- \"$RECON_OKDIR\"' EXIT",
              hs.bounce_script([(it.d, it.effect) for it in items])]
-    for it in items:
+    for it in (it for it in items if it.prune):
         lines.append(f"if [ -e \"$RECON_OKDIR\"/{q(it.d.service)} ]; then ( "
                      f"{hs.prune_script(it.d.service_dir, it.keep, it.d.keep_releases).strip()}"
                      " ) >/dev/null 2>&1 || true; fi")

@@ -51,6 +51,7 @@ def _item(spec: dict[str, Any], root: str = "") -> ops.WaveItem:
                         files=spec.get("files", False), in_place=spec.get("in_place", False),
                         new_release=spec.get("new_release", False), mine=frozenset(spec.get("mine", [])),
                         dropins=tuple(spec.get("dropins", [])), keep=frozenset(spec.get("keep", [d.version])),
+                        prune=spec.get("prune", True),
                         artifact=_archive(spec["archive"]) if "archive" in spec else spec.get("artifact", "").encode())
 
 
