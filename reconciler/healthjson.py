@@ -22,6 +22,7 @@ from typing import Any
 
 Scalar = str | int | float | bool | None
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")   # a body's `"\\ud800"`: no UTF-8 can print it
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
@@ -56,6 +57,7 @@ def display(value: Any) -> str:
     """A value as the detail shows it: JSON text, at most 60 characters, no tabs or newlines."""
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, Decimal) else str(value)
     text = re.sub(r"[\t\r\n]", " ", text)
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)   # as the body wrote it: printable
     return text if len(text) <= 60 else text[:57] + "..."
 
 
