@@ -288,6 +288,7 @@ def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_
     import yaml
 
     from reconciler import pipeline, runner
+    from reconciler.errors import ReconError
     from reconciler import spec as spec_pkg
 
     art = tmp_path / "api.bin"
@@ -322,7 +323,7 @@ def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_
         def on_event(self, event: Any) -> None: ...
 
     req = runner.ApplyRequest(files=(str(tmp_path / "spec.yaml"),), auto_approve=True, state="unused")
-    with pytest.raises(runner.ReconError, match="could not be observed"):
+    with pytest.raises(ReconError, match="could not be observed"):
         runner.run_apply(req, UI())
     assert calls == [(str(tmp_path / "spec.yaml"),)]
     assert locked == ([["n1"]] if backend == "postgresql" else [None])
