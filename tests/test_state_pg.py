@@ -288,8 +288,8 @@ def test_apply_loads_the_spec_once_even_when_it_locks_per_host(pg_url: str, tmp_
     import yaml
 
     from reconciler import pipeline, runner
-    from reconciler.errors import ReconError
     from reconciler import spec as spec_pkg
+    from reconciler.errors import ReconError
 
     art = tmp_path / "api.bin"
     art.write_bytes(b"#!/bin/sh\n")
