@@ -1,5 +1,4 @@
-"""`recon validate` and `recon plan`: read the spec and the hosts; nothing is changed anywhere.
-"""
+"""`recon validate` and `recon plan`: read the spec and the hosts; nothing is changed anywhere."""
 
 from __future__ import annotations
 

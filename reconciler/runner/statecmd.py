@@ -1,15 +1,11 @@
-"""`recon state show|pull|push|migrate`: the state itself, on its backend (issue 11).
-"""
+"""`recon state show|pull|push|migrate`: the state itself, on its backend (issue 11)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.errors import ReconError
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
